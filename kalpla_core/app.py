@@ -1,0 +1,208 @@
+"""The app factory: configuration, database, plugins, HTTP conventions, in that order."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, g
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from kalpla_core.config import Settings, load_settings
+from kalpla_core.contract import Event
+from kalpla_core.db import Database, queue_after_commit
+from kalpla_core.http.api import Api
+from kalpla_core.http.etag import NotModified
+from kalpla_core.http.problems import APIError, handle_api_error, handle_unexpected, problem
+from kalpla_core.identity.models import User
+from kalpla_core.identity.permissions import PermissionRegistry, has_permission
+from kalpla_core.identity.tokens import KeyRing
+from kalpla_core.plugins.manager import PluginError, PluginManager
+from kalpla_core.providers import ProviderRegistry
+from kalpla_core.version import __version__
+
+log = logging.getLogger("kalpla")
+
+
+class Kalpla:
+    """Everything one app owns, at ``app.extensions["kalpla"]``."""
+
+    def __init__(self, settings: Settings, plugins: PluginManager) -> None:
+        from kalpla_core.http.observability import Metrics
+
+        self.settings = settings
+        self.db = Database(settings.database_url)
+        self.plugins = plugins
+        self.metrics = Metrics()
+        self.permissions = PermissionRegistry()
+        self.providers = ProviderRegistry()
+        self.keys = KeyRing(settings.secret_key, settings.access_token_ttl)
+        self.settings_schemas: dict[str, Any] = {}
+        self.plugin_blueprints: dict[str, str] = {}  # blueprint name -> plugin
+        self._redis: Any = None
+        self.jobs: Any = None  # set by kalpla_core.jobs.init_jobs
+
+    def redis(self) -> Any:
+        if self._redis is None:
+            import redis
+
+            self._redis = redis.Redis.from_url(self.settings.redis_url)  # type: ignore[arg-type]
+        return self._redis
+
+    def has_permission(self, session: Session, user: User | None, permission: str,
+                       institution_id: str | None) -> bool:
+        return has_permission(session, self.permissions, user, permission, institution_id)
+
+    # --- enablement and dispatch ----------------------------------------------------------
+
+    def enabled_plugins(self, session: Session, institution_id: str) -> list[str]:
+        from kalpla_core.institutions.service import enabled_plugin_names
+
+        loaded = set(self.plugins.names)
+        return [n for n in enabled_plugin_names(session, institution_id) if n in loaded]
+
+    def emit(self, session: Session, hook: str, event: Event) -> None:
+        """Queue ``event`` for delivery through ``hook`` once ``session`` commits."""
+        queue_after_commit(session, lambda: self.deliver(hook, event))
+
+    def deliver(self, hook: str, event: Event) -> None:
+        enabled: list[str] | None = None
+        if event.institution_id is not None:
+            with self.db.session() as session:
+                enabled = self.enabled_plugins(session, event.institution_id)
+        for plugin in self.plugins.notify(hook, event, enabled):
+            self.metrics.events_failed.labels(plugin, event.name).inc()
+
+
+def _flask_config(app: Flask, settings: Settings) -> None:
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=settings.max_content_length,
+        PROPAGATE_EXCEPTIONS=False,
+        API_TITLE="Kalpla API",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.1.0",
+        OPENAPI_URL_PREFIX="/api",
+        OPENAPI_JSON_PATH="openapi.json",
+        ETAG_DISABLED=True,
+        API_SPEC_OPTIONS={
+            "info": {"description": "Kalpla: plugin-based backend for e-learning platforms."},
+            "components": {"securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+        },
+    )
+
+
+def _init_unit_of_work(app: Flask, kalpla: Kalpla) -> None:
+    @app.after_request
+    def _commit(response: Response) -> Response:
+        session: Session | None = g.pop("db_session", None)
+        if session is None:
+            return response
+        try:
+            if response.status_code < 400:
+                session.commit()
+            else:
+                session.rollback()
+        except IntegrityError:
+            session.rollback()
+            log.warning("integrity error at commit", exc_info=True)
+            return problem(409, "The change conflicts with existing data.", "conflict")
+        except StaleDataError:
+            session.rollback()
+            return problem(412, "The resource changed meanwhile; read it again.",
+                           "precondition-failed")
+        except Exception:
+            session.rollback()
+            log.exception("commit failed")
+            return problem(500, "An internal error occurred; it has been logged.", "internal")
+        finally:
+            session.close()
+        return response
+
+    @app.teardown_request
+    def _close(_exc: BaseException | None) -> None:
+        session: Session | None = g.pop("db_session", None)
+        if session is not None:
+            session.rollback()
+            session.close()
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build an app. ``config`` overrides environment settings (``{"database_url": …}``);
+    ``plugin_objects`` maps extra plugin names to modules, for tests and embedding."""
+    config = dict(config or {})
+    extra_plugins = config.pop("plugin_objects", None)
+    settings = load_settings(config)
+
+    from kalpla_core.http.observability import configure_logging
+
+    configure_logging(settings.log_level)
+    app = Flask("kalpla_core", instance_path=str(settings.instance_path))
+    _flask_config(app, settings)
+    plugins = PluginManager(settings.plugins, extra=extra_plugins)
+    kalpla = Kalpla(settings, plugins)
+    app.extensions["kalpla"] = kalpla
+
+    from kalpla_core.http.observability import health, init_request_tracking
+    from kalpla_core.http.security import init_security
+
+    init_request_tracking(app, kalpla.metrics)
+    init_security(app, settings.cors_origins)
+    _init_unit_of_work(app, kalpla)
+    app.register_error_handler(APIError, handle_api_error)
+    app.register_error_handler(NotModified, lambda e: Response(status=304,
+                                                               headers={"ETag": e.etag}))
+    app.register_error_handler(Exception, handle_unexpected)
+
+    api = Api(app)
+    app.extensions["kalpla_api"] = api
+
+    from kalpla_core.http.docs import docs
+
+    app.register_blueprint(health)
+    app.register_blueprint(docs)
+    _register_core(api, kalpla)
+    _register_plugins(app, api, kalpla)
+    return app
+
+
+def _register_core(api: Api, kalpla: Kalpla) -> None:
+    from kalpla_core.identity.routes import blp as identity_blp
+    from kalpla_core.identity.routes import wellknown
+    from kalpla_core.institutions.routes import blp as institutions_blp
+    from kalpla_core.jobs import init_jobs
+    from kalpla_core.jobs.routes import blp as jobs_blp
+    from kalpla_core.plugins.routes import blp as plugins_blp
+
+    api._app.register_blueprint(wellknown)
+    for bp in (identity_blp, institutions_blp, plugins_blp, jobs_blp):
+        api.register_blueprint(bp)
+    init_jobs(api._app, kalpla)
+
+
+def _register_plugins(app: Flask, api: Api, kalpla: Kalpla) -> None:
+    """Run the registration hooks: core first, then plugins in order."""
+    from kalpla_core.plugins.dispatch import init_plugin_routes, register_models
+
+    pm = kalpla.plugins
+    try:
+        register_models(pm)
+        for plugin, permission in pm.collect("kalpla_permissions"):
+            kalpla.permissions.register(plugin, permission)
+        for plugin, provider in pm.collect("kalpla_providers"):
+            kalpla.providers.register(plugin, provider)
+        for plugin, schema in pm.call_each("kalpla_settings_schema"):
+            if schema is not None:
+                kalpla.settings_schemas[plugin] = schema
+        for plugin, job_map in pm.call_each("kalpla_jobs"):
+            for name, fn in (job_map or {}).items():
+                kalpla.jobs.register(plugin, name, fn)
+        init_plugin_routes(app, api, kalpla)
+    except (ValueError, TypeError) as exc:
+        raise PluginError(str(exc)) from exc
+    pm.call_each("kalpla_startup", app=app)
+    log.debug("kalpla %s started with plugins %s", __version__, pm.names)

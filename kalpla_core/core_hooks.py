@@ -1,0 +1,26 @@
+"""The core's own hook implementations; registered first, as the plugin named ``core``."""
+
+from __future__ import annotations
+
+from kalpla_core.contract import Permission, Provider
+from kalpla_core.hookspecs import hookimpl
+
+
+@hookimpl
+def kalpla_permissions() -> list[Permission]:
+    return [
+        Permission("institutions.manage", "Edit the institution and its settings", ("admin",)),
+        Permission("plugins.manage", "Enable, configure and disable plugins", ("admin",)),
+        Permission("members.manage", "Add members and change their roles", ("admin",)),
+        Permission("jobs.read_all", "Read every background job of the institution", ("admin",)),
+    ]
+
+
+@hookimpl
+def kalpla_providers() -> list[Provider]:
+    from kalpla_core.jobs.runners import CeleryRunner, InProcessRunner
+
+    return [
+        Provider("jobs", "inprocess", InProcessRunner, "Thread pool inside the web process"),
+        Provider("jobs", "celery", CeleryRunner, "Celery workers (KALPLA_CELERY_BROKER_URL)"),
+    ]

@@ -1,0 +1,1 @@
+"""Accounts, memberships, roles, permissions and tokens."""

@@ -1,0 +1,1 @@
+"""Institutions (tenants) and their plugin enablement."""

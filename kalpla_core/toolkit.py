@@ -1,0 +1,59 @@
+"""The documented helpers plugins may use besides :mod:`kalpla_core.hookspecs`.
+
+Everything a first-party or third-party plugin needs from the core is importable from here;
+names are kept stable within a contract major version (see docs/plugins.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kalpla_core.context import (
+    current_institution,
+    current_user,
+    db_session,
+    kalpla,
+    require_permission,
+)
+from kalpla_core.db import Base, TimestampMixin, UTCDateTime, new_id, queue_after_commit, utcnow
+from kalpla_core.http.api import Blueprint
+from kalpla_core.http.etag import conditional_get, etag_of, require_if_match, set_etag
+from kalpla_core.http.pagination import Page, PageArgs, page_of, page_response, paginate
+from kalpla_core.http.problems import APIError, abort
+from kalpla_core.jobs import JobContext, JobError
+
+__all__ = [
+    "APIError", "Base", "Blueprint", "JobContext", "JobError", "Page", "PageArgs",
+    "TimestampMixin", "UTCDateTime", "abort", "conditional_get", "current_institution",
+    "current_user", "db_session", "emit", "enqueue_job", "etag_of", "kalpla", "new_id",
+    "page_of", "page_response", "paginate", "plugin_settings", "queue_after_commit",
+    "require_enabled", "require_if_match", "require_permission", "set_etag", "utcnow",
+]
+
+
+def plugin_settings(plugin: str, institution_id: str | None = None) -> dict[str, Any] | None:
+    """The plugin's settings for an institution (default: the request's), None if disabled."""
+    from kalpla_core.institutions.service import plugin_settings as _settings
+
+    inst_id = institution_id or current_institution().id
+    return _settings(db_session(), inst_id, plugin)
+
+
+def require_enabled(plugin: str, institution_id: str) -> None:
+    """404 unless ``plugin`` is enabled for the institution that owns the object at hand
+    (routes already check the request's institution; this checks an object's)."""
+    if plugin not in kalpla().enabled_plugins(db_session(), institution_id):
+        abort(404, "There is no such resource.")
+
+
+def emit(hook: str, event: Any) -> None:
+    """Deliver ``event`` through the event hook ``hook`` after the request's commit."""
+    kalpla().emit(db_session(), hook, event)
+
+
+def enqueue_job(name: str, params: dict[str, Any] | None = None,
+                institution_id: str | None = None) -> Any:
+    """Queue a registered job owned by the current user; it starts after the commit."""
+    user = current_user(required=False)
+    return kalpla().jobs.enqueue(db_session(), name, params, user.id if user else None,
+                                 institution_id)
