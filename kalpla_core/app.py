@@ -30,9 +30,10 @@ log = logging.getLogger("kalpla")
 class Kalpla:
     """Everything one app owns, at ``app.extensions["kalpla"]``."""
 
-    def __init__(self, settings: Settings, plugins: PluginManager) -> None:
+    def __init__(self, app: Flask, settings: Settings, plugins: PluginManager) -> None:
         from kalpla_core.http.observability import Metrics
 
+        self.app = app
         self.settings = settings
         self.db = Database(settings.database_url)
         self.plugins = plugins
@@ -64,13 +65,20 @@ class Kalpla:
         loaded = set(self.plugins.names)
         return [n for n in enabled_plugin_names(session, institution_id) if n in loaded]
 
-    def emit(self, session: Session, hook: str, event: Event) -> None:
-        """Queue ``event`` for delivery through ``hook`` once ``session`` commits."""
-        queue_after_commit(session, lambda: self.deliver(hook, event))
+    def emit(self, session: Session, hook: str, event: Event,
+             only: list[str] | None = None) -> None:
+        """Queue ``event`` for delivery through ``hook`` once ``session`` commits: to the
+        plugins enabled for its institution (every plugin when it has none), or to ``only``."""
+        queue_after_commit(session, lambda: self.deliver(hook, event, only))
 
-    def deliver(self, hook: str, event: Event) -> None:
-        enabled: list[str] | None = None
-        if event.institution_id is not None:
+    def deliver(self, hook: str, event: Event, only: list[str] | None = None) -> None:
+        """Deliver now, inside an app context (handlers may use the toolkit)."""
+        with self.app.app_context():
+            self._deliver(hook, event, only)
+
+    def _deliver(self, hook: str, event: Event, only: list[str] | None) -> None:
+        enabled: list[str] | None = only
+        if only is None and event.institution_id is not None:
             with self.db.session() as session:
                 enabled = self.enabled_plugins(session, event.institution_id)
         for plugin in self.plugins.notify(hook, event, enabled):
@@ -144,7 +152,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask("kalpla_core", instance_path=str(settings.instance_path))
     _flask_config(app, settings)
     plugins = PluginManager(settings.plugins, extra=extra_plugins)
-    kalpla = Kalpla(settings, plugins)
+    kalpla = Kalpla(app, settings, plugins)
     app.extensions["kalpla"] = kalpla
 
     from kalpla_core.http.observability import health, init_request_tracking

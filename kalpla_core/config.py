@@ -98,7 +98,8 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | N
         return None
     scheme = urlparse(value).scheme.split("+")[0]
     if scheme not in schemes:
-        raise ConfigError(f"{name} must be a URL with scheme {' or '.join(schemes)}; got {scheme!r}")
+        raise ConfigError(
+            f"{name} must be a URL with scheme {' or '.join(schemes)}; got {scheme!r}")
     return value
 
 
@@ -165,7 +166,8 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
 
     log_level = (env.get("KALPLA_LOG_LEVEL") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"KALPLA_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR; got {log_level!r}")
+        raise ConfigError(
+            f"KALPLA_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR; got {log_level!r}")
 
     cors = tuple(o.strip() for o in (env.get("KALPLA_CORS_ORIGINS") or "").split(",") if o.strip())
     for origin in cors:

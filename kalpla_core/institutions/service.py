@@ -11,7 +11,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from kalpla_core.contract import PluginEnablementChanged
-from kalpla_core.db import queue_after_commit
 from kalpla_core.http.problems import APIError
 from kalpla_core.institutions.models import DEFAULT_INSTITUTION_SLUG, Institution, InstitutionPlugin
 
@@ -105,8 +104,7 @@ def disable_plugin(session: Session, kalpla: Any, institution: Institution, plug
     event = PluginEnablementChanged(institution_id=institution.id,
                                     occurred_at=datetime.now(UTC).isoformat(),
                                     plugin=plugin, enabled=False)
-    queue_after_commit(session, lambda: kalpla.plugins.notify(
-        "kalpla_plugin_enablement_changed", event, [plugin]))
+    kalpla.emit(session, "kalpla_plugin_enablement_changed", event, only=[plugin])
 
 
 def plugin_settings(session: Session, institution_id: str, plugin: str) -> dict[str, Any] | None:
