@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
+import kalpla_core.models  # noqa: F401  (every core table on the metadata)
 from kalpla_core.config import Settings, load_settings
 from kalpla_core.contract import Event
 from kalpla_core.db import Database, queue_after_commit

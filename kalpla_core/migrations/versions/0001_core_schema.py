@@ -1,6 +1,6 @@
 """core schema
 
-Revision ID: a309c813e752
+Revision ID: c0001
 Revises: 
 Create Date: 2026-11-26 10:03:39.685184
 """
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 import kalpla_core.db
 
 
-revision = 'a309c813e752'
+revision = 'c0001'
 down_revision = None
 branch_labels = ('core',)
 depends_on = None

@@ -12,7 +12,7 @@ import kalpla_core.db
 revision = 'e0001'
 down_revision = None
 branch_labels = ('example',)
-depends_on = 'a309c813e752'
+depends_on = 'c0001'
 
 
 def upgrade() -> None:

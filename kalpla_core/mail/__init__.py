@@ -1,0 +1,1 @@
+"""The mail port: templates rendered once, delivered by the configured provider."""
