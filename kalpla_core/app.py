@@ -54,6 +54,10 @@ class Kalpla:
             self._redis = redis.Redis.from_url(self.settings.redis_url)  # type: ignore[arg-type]
         return self._redis
 
+    def authenticators(self) -> list[Any]:
+        """Providers of the ``authenticator`` port, in registration order (core first)."""
+        return self.providers.all("authenticator", self.app)
+
     def has_permission(self, session: Session, user: User | None, permission: str,
                        institution_id: str | None) -> bool:
         return has_permission(session, self.permissions, user, permission, institution_id)

@@ -13,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from kalpla_core.http.problems import APIError
+from kalpla_core.identity.authn import AuthenticationError, Principal, authenticate
 from kalpla_core.identity.models import User
-from kalpla_core.identity.tokens import TokenError
 from kalpla_core.institutions.models import DEFAULT_INSTITUTION_SLUG, Institution
 
 if TYPE_CHECKING:
@@ -39,31 +39,22 @@ def unauthorized(detail: str = "Authentication is required.") -> APIError:
                     headers={"WWW-Authenticate": 'Bearer realm="kalpla"'})
 
 
-def current_user(required: bool = True) -> User | None:
-    """The authenticated user (Bearer access token), or None for an anonymous request."""
-    if "current_user" not in g:
-        g.current_user = _authenticate()
-    if g.current_user is None and required:
+def current_principal(required: bool = True) -> Principal | None:
+    """The authenticated caller (see :mod:`kalpla_core.identity.authn`), or None."""
+    if "principal" not in g:
+        try:
+            g.principal = authenticate(db_session(), kalpla(), request.headers)
+        except AuthenticationError as exc:
+            raise unauthorized(str(exc)) from None
+    if g.principal is None and required:
         raise unauthorized()
-    return g.current_user
+    return g.principal
 
 
-def _authenticate() -> User | None:
-    header = request.headers.get("Authorization", "")
-    if not header:
-        return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise unauthorized("The Authorization header must be 'Bearer <token>'.")
-    session = db_session()
-    try:
-        claims = kalpla().keys.verify(session, token.strip())
-    except TokenError:
-        raise unauthorized("The access token is invalid or has expired.") from None
-    user = session.get(User, claims["sub"])
-    if user is None or not user.is_active or claims.get("gen") != user.token_generation:
-        raise unauthorized("The access token is no longer valid.")
-    return user
+def current_user(required: bool = True) -> User | None:
+    """The authenticated user, or None for an anonymous request."""
+    principal = current_principal(required)
+    return principal.user if principal else None
 
 
 def current_institution() -> Institution:
@@ -78,10 +69,23 @@ def current_institution() -> Institution:
     return g.current_institution
 
 
+def has_permission(permission: str, institution_id: str | None) -> bool:
+    """Whether the caller (None: anonymous) holds ``permission`` in the institution, within
+    the scopes and institution their credential is limited to."""
+    principal = current_principal(required=False)
+    if principal is None:
+        return False
+    if principal.scopes is not None and permission not in principal.scopes:
+        return False
+    if principal.institution_id is not None and principal.institution_id != institution_id:
+        return False
+    return kalpla().has_permission(db_session(), principal.user, permission, institution_id)
+
+
 def require_permission(permission: str, institution_id: str | None) -> User:
     """The current user, if they hold ``permission`` in the institution; else 401/403."""
-    user = current_user()
-    assert user is not None
-    if not kalpla().has_permission(db_session(), user, permission, institution_id):
+    principal = current_principal()
+    assert principal is not None
+    if not has_permission(permission, institution_id):
         raise APIError(403, f"You lack the permission {permission!r} here.", "forbidden")
-    return user
+    return principal.user

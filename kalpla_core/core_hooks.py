@@ -18,9 +18,12 @@ def kalpla_permissions() -> list[Permission]:
 
 @hookimpl
 def kalpla_providers() -> list[Provider]:
+    from kalpla_core.identity.authn import KalplaTokenAuthenticator
     from kalpla_core.jobs.runners import CeleryRunner, InProcessRunner
 
     return [
+        Provider("authenticator", "token", KalplaTokenAuthenticator,
+                 "Bearer access tokens signed by this deployment"),
         Provider("jobs", "inprocess", InProcessRunner, "Thread pool inside the web process"),
         Provider("jobs", "celery", CeleryRunner, "Celery workers (KALPLA_CELERY_BROKER_URL)"),
     ]

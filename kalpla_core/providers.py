@@ -34,6 +34,10 @@ class ProviderRegistry:
             self._instances[key] = self._providers[key][1].factory(app)
         return self._instances[key]
 
+    def all(self, port: str, app: Any) -> list[Any]:
+        """Every provider of ``port``, built, in registration order."""
+        return [self.get(p, name, app) for (p, name) in self._providers if p == port]
+
     def describe(self) -> list[dict[str, str]]:
         return [{"port": port, "name": name, "plugin": plugin, "description": p.description}
                 for (port, name), (plugin, p) in sorted(self._providers.items())]

@@ -94,6 +94,16 @@ class KeyRing:
         return jwt.encode(payload, private, algorithm=ALGORITHM,  # type: ignore[arg-type]
                           headers={"kid": key.kid})
 
+    def recognises(self, session: Session, token: str) -> bool:
+        """Whether ``token`` claims to be signed by one of our keys (issuer and key id),
+        before any verification: other authenticators handle foreign tokens."""
+        try:
+            header = jwt.get_unverified_header(token)
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            return False
+        return claims.get("iss") == ISSUER or header.get("kid") in self._load(session)
+
     def verify(self, session: Session, token: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)

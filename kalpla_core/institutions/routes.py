@@ -5,7 +5,13 @@ from typing import Any
 from flask.views import MethodView
 from sqlalchemy import select
 
-from kalpla_core.context import current_user, db_session, kalpla, require_permission
+from kalpla_core.context import (
+    current_user,
+    db_session,
+    has_permission,
+    kalpla,
+    require_permission,
+)
 from kalpla_core.http.api import Blueprint
 from kalpla_core.http.etag import conditional_get, etag_of, require_if_match, set_etag
 from kalpla_core.http.pagination import PageArgs, page_of, page_response, paginate
@@ -60,8 +66,7 @@ class InstitutionItem(MethodView):
         """Read an institution; its settings only for those who may manage it."""
         inst = service.get_by_slug(db_session(), slug)
         conditional_get(_etag(inst))
-        user = current_user(required=False)
-        if not kalpla().has_permission(db_session(), user, "institutions.manage", inst.id):
+        if not has_permission("institutions.manage", inst.id):
             return InstitutionSchema().dump(inst)
         return inst
 
