@@ -89,3 +89,8 @@ def require_permission(permission: str, institution_id: str | None) -> User:
     if not has_permission(permission, institution_id):
         raise APIError(403, f"You lack the permission {permission!r} here.", "forbidden")
     return principal.user
+
+
+def request_meta() -> dict[str, str]:
+    """The caller's IP and the request id, for audit records and session metadata."""
+    return {"ip": request.remote_addr or "", "request_id": g.get("request_id", "")}

@@ -27,11 +27,3 @@ def record(session: Session, action: str, *, actor_id: str | None = None,
     session.add(event)
     return event
 
-
-def request_meta() -> dict[str, str]:
-    """IP and request id of the current request, for :func:`record` (empty outside one)."""
-    from flask import g, has_request_context, request
-
-    if not has_request_context():
-        return {"ip": "", "request_id": ""}
-    return {"ip": request.remote_addr or "", "request_id": g.get("request_id", "")}
