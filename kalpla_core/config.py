@@ -7,6 +7,7 @@ Every setting has a documented default (README "Configuration"); an invalid valu
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -31,6 +32,7 @@ class Settings:
     plugins: tuple[str, ...] | None  # None: every installed plugin
     redis_url: str | None = None
     celery_broker_url: str | None = None
+    celery_queue: str = "kalpla"
     storage: str = "local"
     s3_bucket: str | None = None
     mail: str = "outbox"
@@ -164,6 +166,12 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
     if mail == "smtp" and not smtp_url:
         raise ConfigError("KALPLA_SMTP_URL is required when KALPLA_MAIL is smtp")
 
+    # Deployments sharing one broker keep their jobs apart with distinct queue names.
+    celery_queue = env.get("KALPLA_CELERY_QUEUE") or "kalpla"
+    if not re.fullmatch(r"[A-Za-z0-9._:-]{1,100}", celery_queue):
+        raise ConfigError("KALPLA_CELERY_QUEUE must be 1–100 letters, digits or . _ : -; "
+                          f"got {celery_queue!r}")
+
     log_level = (env.get("KALPLA_LOG_LEVEL") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(
@@ -182,6 +190,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
         redis_url=_url(env, "KALPLA_REDIS_URL", ("redis", "rediss", "unix")),
         celery_broker_url=_url(env, "KALPLA_CELERY_BROKER_URL",
                                ("redis", "rediss", "amqp", "amqps", "pyamqp")),
+        celery_queue=celery_queue,
         storage=storage,
         s3_bucket=s3_bucket,
         mail=mail,
