@@ -3,37 +3,46 @@ once, so every core and plugin route gets the same errors, docs and conventions.
 
 from __future__ import annotations
 
+import http
 from typing import Any
 
 import flask_smorest
+from flask_smorest.utils import prepare_response
+from marshmallow import Schema, fields
 from werkzeug.exceptions import HTTPException
 
 from kalpla_core.http.problems import PROBLEM_JSON, handle_http_exception
 
 
+class ProblemSchema(Schema):
+    """RFC 9457 problem details, as every error response carries them."""
+
+    type = fields.String(required=True, metadata={"description": "URI of the problem type"})
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String()
+    errors = fields.Dict(metadata={"description": "Field errors of a validation problem"})
+    request_id = fields.String()
+
+
 class Api(flask_smorest.Api):
+    ERROR_SCHEMA = ProblemSchema
+
     def handle_http_exception(self, error: HTTPException) -> Any:  # type: ignore[override]
         return handle_http_exception(error)
 
     def _register_responses(self) -> None:
-        super()._register_responses()
-        # Error responses are documented as problem+json, not flask-smorest's own shape.
-        self.spec.components.schema("Problem", {
-            "type": "object",
-            "required": ["type", "title", "status"],
-            "properties": {
-                "type": {"type": "string"}, "title": {"type": "string"},
-                "status": {"type": "integer"}, "detail": {"type": "string"},
-                "errors": {"type": "object"}, "request_id": {"type": "string"},
-            },
-        })
-        for name, response in list(self.spec.components.responses.items()):
-            content = response.get("content")
-            if content and "application/json" in content:
-                response["content"] = {PROBLEM_JSON: {"schema": {"$ref":
-                                                                  "#/components/schemas/Problem"}}}
-            self.spec.components.responses[name] = response
+        """Document every error status as problem+json (flask-smorest's own says JSON)."""
+        for status in http.HTTPStatus:
+            response: dict[str, Any] = {"description": status.phrase}
+            if status >= 400:
+                response["schema"] = self.ERROR_SCHEMA
+                prepare_response(response, self.spec, PROBLEM_JSON)
+            self.spec.components.response(status.name, response, lazy=True)
+        response = {"description": "Default error response", "schema": self.ERROR_SCHEMA}
+        prepare_response(response, self.spec, PROBLEM_JSON)
+        self.spec.components.response("DEFAULT_ERROR", response, lazy=True)
 
 
 class Blueprint(flask_smorest.Blueprint):
-    """flask-smorest's Blueprint, documented error responses in problem+json."""
+    """flask-smorest's Blueprint; error responses documented as problem+json by the Api."""

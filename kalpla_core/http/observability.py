@@ -52,10 +52,27 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+def _stamp_request_id(factory: Any) -> Any:
+    """Wrap the log record factory so every record carries the request id at creation,
+    whichever handler (or test capture) formats it later."""
+
+    def make(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id_var.get()
+        return record
+
+    make._kalpla = True  # type: ignore[attr-defined]
+    return make
+
+
 def configure_logging(level: str) -> None:
     """Install the JSON formatter on the root logger once per process."""
     import time as _time
 
+    factory = logging.getLogRecordFactory()
+    if not getattr(factory, "_kalpla", False):
+        logging.setLogRecordFactory(_stamp_request_id(factory))
     root = logging.getLogger()
     if not any(getattr(h, "_kalpla", False) for h in root.handlers):
         handler = logging.StreamHandler()

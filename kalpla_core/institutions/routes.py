@@ -67,7 +67,7 @@ class InstitutionItem(MethodView):
         inst = service.get_by_slug(db_session(), slug)
         conditional_get(_etag(inst))
         if not has_permission("institutions.manage", inst.id):
-            return InstitutionSchema().dump(inst)
+            return {k: getattr(inst, k) for k in InstitutionSchema().fields}
         return inst
 
     @blp.arguments(InstitutionPatchSchema)
