@@ -1,6 +1,14 @@
 """Imports every core model, so the metadata (migrations, plugin checks) sees all tables."""
 
 from kalpla_core.audit.models import AuditEvent
+from kalpla_core.courses.models import (
+    Course,
+    CourseInstructor,
+    CoursePrerequisite,
+    CourseTag,
+    Lesson,
+    Module,
+)
 from kalpla_core.identity.models import (
     APIKey,
     EmailToken,
@@ -16,9 +24,29 @@ from kalpla_core.identity.models import (
 from kalpla_core.institutions.models import Institution, InstitutionPlugin
 from kalpla_core.jobs.models import Job
 from kalpla_core.mail.models import OutboxMessage
+from kalpla_core.storage.models import StoredFile
 
 __all__ = [
-    "APIKey", "AuditEvent", "EmailToken", "Institution", "InstitutionPlugin", "Job",
-    "LoginThrottle", "Membership", "OutboxMessage", "RecoveryCode", "RefreshToken",
-    "SigningKey", "TOTPDevice", "User", "UserIdentity",
+    "APIKey",
+    "AuditEvent",
+    "Course",
+    "CourseInstructor",
+    "CoursePrerequisite",
+    "CourseTag",
+    "EmailToken",
+    "Institution",
+    "InstitutionPlugin",
+    "Job",
+    "Lesson",
+    "LoginThrottle",
+    "Membership",
+    "Module",
+    "OutboxMessage",
+    "RecoveryCode",
+    "RefreshToken",
+    "SigningKey",
+    "StoredFile",
+    "TOTPDevice",
+    "User",
+    "UserIdentity",
 ]

@@ -1,0 +1,1 @@
+"""Courses: catalog, structure (modules and lessons) and lesson kinds."""

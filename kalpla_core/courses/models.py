@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from kalpla_core.db import Base, TimestampMixin, UTCDateTime, new_id
+
+COURSE_STATUSES = ("draft", "published", "archived")
+LEVELS = ("beginner", "intermediate", "advanced", "all")
+CORE_LESSON_KINDS = ("text", "video", "file")
+
+
+class Course(TimestampMixin, Base):
+    __tablename__ = "courses"
+    __table_args__ = (
+        UniqueConstraint("institution_id", "slug"),
+        CheckConstraint("status IN ('draft', 'published', 'archived')", name="status"),
+        CheckConstraint("capacity IS NULL OR capacity >= 0", name="capacity"),
+        # Catalog orderings, each ending in the id so keyset pagination is exact.
+        Index("ix_courses_catalog_newest", "status", "published_at", "id"),
+        Index("ix_courses_catalog_title", "status", "title", "id"),
+        Index("ix_courses_catalog_popularity", "status", "enrollment_count", "id"),
+        Index("ix_courses_institution_status", "institution_id", "status", "published_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    institution_id: Mapped[str] = mapped_column(
+        ForeignKey("institutions.id", ondelete="CASCADE"))
+    slug: Mapped[str] = mapped_column(String(100))
+    title: Mapped[str] = mapped_column(String(200))
+    summary: Mapped[str] = mapped_column(String(500), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    language: Mapped[str] = mapped_column(String(16), default="en", index=True)
+    level: Mapped[str] = mapped_column(String(16), default="all", index=True)
+    cover_file_id: Mapped[str | None] = mapped_column(
+        ForeignKey("files.id", ondelete="SET NULL", use_alter=True))
+    capacity: Mapped[int | None] = mapped_column(Integer)
+    enrollment_opens_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    enrollment_closes_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    access_days: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="draft")
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # Active enrollments, kept by the enrollment service; the catalog's popularity order.
+    enrollment_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Bumped when the lesson set changes, so progress can be recomputed deterministically.
+    structure_version: Mapped[int] = mapped_column(Integer, default=1)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class CourseTag(Base):
+    __tablename__ = "course_tags"
+    __table_args__ = (Index("ix_course_tags_tag_course", "tag", "course_id"),)
+
+    course_id: Mapped[str] = mapped_column(ForeignKey("courses.id", ondelete="CASCADE"),
+                                           primary_key=True)
+    tag: Mapped[str] = mapped_column(String(50), primary_key=True)
+
+
+class CourseInstructor(Base):
+    __tablename__ = "course_instructors"
+
+    course_id: Mapped[str] = mapped_column(ForeignKey("courses.id", ondelete="CASCADE"),
+                                           primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True, index=True)
+
+
+class CoursePrerequisite(Base):
+    __tablename__ = "course_prerequisites"
+
+    course_id: Mapped[str] = mapped_column(ForeignKey("courses.id", ondelete="CASCADE"),
+                                           primary_key=True)
+    required_course_id: Mapped[str] = mapped_column(
+        ForeignKey("courses.id", ondelete="CASCADE"), primary_key=True, index=True)
+
+
+class Module(TimestampMixin, Base):
+    __tablename__ = "course_modules"
+    __table_args__ = (Index("ix_course_modules_course_position", "course_id", "position"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    course_id: Mapped[str] = mapped_column(ForeignKey("courses.id", ondelete="CASCADE"))
+    title: Mapped[str] = mapped_column(String(200))
+    summary: Mapped[str] = mapped_column(String(500), default="")
+    position: Mapped[int] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class Lesson(TimestampMixin, Base):
+    __tablename__ = "lessons"
+    __table_args__ = (
+        Index("ix_lessons_module_position", "module_id", "position"),
+        Index("ix_lessons_course", "course_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    module_id: Mapped[str] = mapped_column(ForeignKey("course_modules.id", ondelete="CASCADE"))
+    # Denormalised from the module: access checks and progress read lessons by course.
+    course_id: Mapped[str] = mapped_column(ForeignKey("courses.id", ondelete="CASCADE"))
+    title: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32))
+    position: Mapped[int] = mapped_column(Integer)
+    body: Mapped[str] = mapped_column(Text, default="")
+    video_url: Mapped[str | None] = mapped_column(String(2000))
+    file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id", ondelete="SET NULL"))
+    duration_seconds: Mapped[int | None] = mapped_column(Integer)
+    is_preview: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_required: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Settings of a plugin-contributed kind, validated by that kind's schema.
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    __mapper_args__ = {"version_id_col": version}
