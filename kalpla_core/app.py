@@ -194,6 +194,9 @@ def _register_core(api: Api, kalpla: Kalpla) -> None:
     api._app.register_blueprint(wellknown)
     for bp in (identity_blp, institutions_blp, plugins_blp, jobs_blp):
         api.register_blueprint(bp)
+    # Identity (issue 3): members, API keys, audit log, privacy.
+    from kalpla_core.identity.member_routes import blp as members_blp
+    api.register_blueprint(members_blp)
     init_jobs(api._app, kalpla)
 
 

@@ -13,6 +13,10 @@ def kalpla_permissions() -> list[Permission]:
         Permission("plugins.manage", "Enable, configure and disable plugins", ("admin",)),
         Permission("members.manage", "Add members and change their roles", ("admin",)),
         Permission("jobs.read_all", "Read every background job of the institution", ("admin",)),
+        # Identity (issue 3): API keys and the audit log.
+        Permission("apikeys.manage", "Create, list and revoke the institution's API keys",
+                   ("admin",)),
+        Permission("audit.read", "Read the institution's audit log", ("admin",)),
     ]
 
 
