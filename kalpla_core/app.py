@@ -14,6 +14,7 @@ from sqlalchemy.orm.exc import StaleDataError
 import kalpla_core.models  # noqa: F401  (every core table on the metadata)
 from kalpla_core.config import Settings, load_settings
 from kalpla_core.contract import Event
+from kalpla_core.courses.kinds import LessonKindRegistry
 from kalpla_core.db import Database, queue_after_commit
 from kalpla_core.http.api import Api
 from kalpla_core.http.etag import NotModified
@@ -43,6 +44,7 @@ class Kalpla:
         self.providers = ProviderRegistry()
         self.keys = KeyRing(settings.secret_key, settings.access_token_ttl)
         self.settings_schemas: dict[str, Any] = {}
+        self.lesson_kinds = LessonKindRegistry()
         self.plugin_blueprints: dict[str, str] = {}  # blueprint name -> plugin
         self._redis: Any = None
         self.jobs: Any = None  # set by kalpla_core.jobs.init_jobs
@@ -214,6 +216,8 @@ def _register_plugins(app: Flask, api: Api, kalpla: Kalpla) -> None:
         for plugin, schema in pm.call_each("kalpla_settings_schema"):
             if schema is not None:
                 kalpla.settings_schemas[plugin] = schema
+        for plugin, kind in pm.collect("kalpla_lesson_kinds"):
+            kalpla.lesson_kinds.register(plugin, kind)
         for plugin, job_map in pm.call_each("kalpla_jobs"):
             for name, fn in (job_map or {}).items():
                 kalpla.jobs.register(plugin, name, fn)

@@ -49,6 +49,18 @@ class Provider:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class LessonKind:
+    """A kind of lesson a plugin contributes (``live``, ``quiz``). ``data_schema`` validates
+    the lesson's ``data``; lessons of plugin kinds are completed only when the plugin reports
+    it through the core progress service."""
+
+    name: str
+    label: str
+    data_schema: Any = None  # a marshmallow Schema class, or None for no data
+    description: str = ""
+
+
 Outcome = Literal["allow", "deny", "pending"]
 
 
@@ -148,3 +160,44 @@ class PluginEnablementChanged(Event):
     plugin: str
     enabled: bool
     settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoursePublished(Event):
+    name: ClassVar[str] = "kalpla.courses.course.published.v1"
+    course_id: str
+    slug: str
+    title: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CourseArchived(Event):
+    name: ClassVar[str] = "kalpla.courses.course.archived.v1"
+    course_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class LessonChanged(Event):
+    name: ClassVar[str] = "kalpla.courses.lesson.changed.v1"
+    lesson_id: str
+    course_id: str
+    change: str  # created | updated | moved | deleted
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnrollmentStatusChanged(Event):
+    name: ClassVar[str] = "kalpla.enrollment.status.changed.v1"
+    enrollment_id: str
+    course_id: str
+    user_id: str
+    old_status: str
+    new_status: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CourseCompleted(Event):
+    name: ClassVar[str] = "kalpla.progress.course.completed.v1"
+    enrollment_id: str
+    course_id: str
+    user_id: str

@@ -19,12 +19,18 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from kalpla_core.contract import (
+    CourseArchived,
+    CourseCompleted,
+    CoursePublished,
     Decision,
     EnrollmentCreated,
     EnrollmentRequest,
+    EnrollmentStatusChanged,
     Event,
     LessonAccessRequest,
+    LessonChanged,
     LessonCompleted,
+    LessonKind,
     Permission,
     PluginEnablementChanged,
     PluginMeta,
@@ -42,9 +48,11 @@ if TYPE_CHECKING:
     from kalpla_core.http.api import Blueprint
 
 __all__ = [
-    "CONTRACT_VERSION", "Decision", "EnrollmentCreated", "EnrollmentRequest", "Event",
-    "LessonAccessRequest", "LessonCompleted", "Permission", "PluginEnablementChanged",
-    "PluginMeta", "Provider", "UserRegistered", "hookimpl", "hookspec",
+    "CONTRACT_VERSION", "CourseArchived", "CourseCompleted", "CoursePublished", "Decision",
+    "EnrollmentCreated", "EnrollmentRequest", "EnrollmentStatusChanged", "Event",
+    "LessonAccessRequest", "LessonChanged", "LessonCompleted", "LessonKind", "Permission",
+    "PluginEnablementChanged", "PluginMeta", "Provider", "UserRegistered", "hookimpl",
+    "hookspec",
 ]
 
 hookspec = pluggy.HookspecMarker("kalpla")
@@ -54,12 +62,13 @@ hookimpl = pluggy.HookimplMarker("kalpla")
 REGISTRATION_HOOKS = (
     "kalpla_blueprints", "kalpla_cli_commands", "kalpla_permissions", "kalpla_providers",
     "kalpla_settings_schema", "kalpla_migrations", "kalpla_models", "kalpla_jobs",
-    "kalpla_startup",
+    "kalpla_lesson_kinds", "kalpla_startup",
 )
 GATE_HOOKS = ("kalpla_enrollment_requested", "kalpla_lesson_access")
 EVENT_HOOKS = (
-    "kalpla_user_registered", "kalpla_enrollment_created", "kalpla_lesson_completed",
-    "kalpla_plugin_enablement_changed",
+    "kalpla_user_registered", "kalpla_enrollment_created", "kalpla_enrollment_status_changed",
+    "kalpla_lesson_completed", "kalpla_course_completed", "kalpla_course_published",
+    "kalpla_course_archived", "kalpla_lesson_changed", "kalpla_plugin_enablement_changed",
 )
 DATA_HOOKS = ("kalpla_user_export", "kalpla_user_erase")
 
@@ -113,6 +122,12 @@ def kalpla_jobs() -> dict[str, Any]:
 
 
 @hookspec
+def kalpla_lesson_kinds() -> list[LessonKind]:
+    """Lesson kinds the plugin contributes besides the core's ``text``, ``video`` and ``file``.
+    Kind names are unique across the core and every loaded plugin."""
+
+
+@hookspec
 def kalpla_startup(app: Flask) -> None:
     """Called once, after every plugin is registered, with the app fully configured."""
 
@@ -144,8 +159,33 @@ def kalpla_enrollment_created(event: EnrollmentCreated) -> None:
 
 
 @hookspec
+def kalpla_enrollment_status_changed(event: EnrollmentStatusChanged) -> None:
+    """An enrollment moved between statuses (``kalpla.enrollment.status.changed.v1``)."""
+
+
+@hookspec
 def kalpla_lesson_completed(event: LessonCompleted) -> None:
     """A student completed a lesson for the first time (``kalpla.progress.lesson.completed.v1``)."""
+
+
+@hookspec
+def kalpla_course_completed(event: CourseCompleted) -> None:
+    """An enrollment completed every required lesson (``kalpla.progress.course.completed.v1``)."""
+
+
+@hookspec
+def kalpla_course_published(event: CoursePublished) -> None:
+    """A course was published (``kalpla.courses.course.published.v1``)."""
+
+
+@hookspec
+def kalpla_course_archived(event: CourseArchived) -> None:
+    """A course was archived (``kalpla.courses.course.archived.v1``)."""
+
+
+@hookspec
+def kalpla_lesson_changed(event: LessonChanged) -> None:
+    """A lesson was created, updated, moved or deleted (``kalpla.courses.lesson.changed.v1``)."""
 
 
 @hookspec
