@@ -6,6 +6,7 @@ constraints stable names on SQLite and PostgreSQL alike, so migrations can refer
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,7 +15,14 @@ from typing import Any
 
 from sqlalchemy import JSON, DateTime, MetaData, create_engine, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    SessionTransaction,
+    mapped_column,
+    sessionmaker,
+)
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import TypeDecorator
 
@@ -25,6 +33,8 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+log = logging.getLogger(__name__)
 
 
 class Base(DeclarativeBase):
@@ -50,9 +60,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:  # SQLite keeps the UTC wall time without an offset
             return value.replace(tzinfo=UTC)
-        return value
+        # PostgreSQL answers in the connection's TimeZone, which need not be UTC.
+        return value.astimezone(UTC)
 
 
 def new_id() -> str:
@@ -87,31 +100,53 @@ def make_engine(url: str) -> Engine:
 
 
 # --- events after commit -------------------------------------------------------------------
-# Domain events are queued on the session that made the change and dispatched only once its
-# transaction has committed; a rollback discards them. The dispatcher is set per session by
-# :class:`Database`, so no global state links two apps.
+# Domain events are queued on the session that made the change and run only once its outermost
+# transaction has committed. Each callback remembers the transaction (or savepoint) it was
+# queued in: rolling that back discards it, and so does ending the session's transaction without
+# a commit (close). Releasing a savepoint runs nothing, since the outer transaction may still
+# roll back.
 
 _PENDING = "kalpla_pending_events"
-_DISPATCH = "kalpla_dispatch"
 
 
 def queue_after_commit(session: Session, callback: Callable[[], None]) -> None:
-    """Run ``callback`` after ``session`` commits (never if it rolls back)."""
-    session.info.setdefault(_PENDING, []).append(callback)
+    """Run ``callback`` after ``session`` commits (never if the change it follows is rolled
+    back). A callback that raises is logged and does not stop the others."""
+    tx = session.get_nested_transaction() or session.get_transaction() or session.begin()
+    session.info.setdefault(_PENDING, []).append((tx, callback))
+
+
+def _within(tx: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
+    while tx is not None:
+        if tx is ancestor:
+            return True
+        tx = tx.parent
+    return False
 
 
 @event.listens_for(Session, "after_commit")
 def _run_pending(session: Session) -> None:
-    pending = session.info.pop(_PENDING, [])
-    for callback in pending:
-        callback()
+    if session.in_nested_transaction():
+        return  # a savepoint was released, not the transaction
+    for _tx, callback in session.info.pop(_PENDING, []):
+        try:
+            callback()
+        except Exception:
+            log.exception("after-commit callback failed")
 
 
-@event.listens_for(Session, "after_rollback")
-def _drop_pending(session: Session) -> None:
-    # A rollback of a nested savepoint leaves the outer transaction alive; only a full
-    # rollback discards what was queued.
-    if not session.in_transaction():
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_rolled_back(session: Session, previous: SessionTransaction) -> None:
+    pending = session.info.get(_PENDING)
+    if pending:
+        session.info[_PENDING] = [(tx, cb) for tx, cb in pending if not _within(tx, previous)]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _drop_uncommitted(session: Session, transaction: SessionTransaction) -> None:
+    # The outermost transaction ended without running its callbacks: it was closed or
+    # rolled back, so what it announced did not happen.
+    if transaction.parent is None:
         session.info.pop(_PENDING, None)
 
 

@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from io import StringIO
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from alembic.script import Script, ScriptDirectory
+from alembic.util import CommandError
 
 if TYPE_CHECKING:
     from kalpla_core.app import Kalpla
@@ -56,40 +57,85 @@ def upgrade(kalpla: Kalpla, plugin: str | None = None) -> list[str]:
 def _seed(kalpla: Kalpla) -> None:
     from kalpla_core.institutions.service import ensure_default_institution
 
+    if current(kalpla)[CORE_BRANCH] is None:
+        return  # a plugin branch without the core: nothing to seed into yet
     with kalpla.db.session() as session:
         ensure_default_institution(session)
 
 
 def downgrade(kalpla: Kalpla, target: str) -> None:
+    """Downgrade to any Alembic target; ``<plugin>@base`` removes that plugin's tables."""
     with _config(kalpla) as cfg:
         command.downgrade(cfg, target)
 
 
+def _branch_of(rev: Script, labels: list[str]) -> str | None:
+    # Alembic copies a branch's label onto every revision of the branch.
+    return next((label for label in labels if label in rev.branch_labels), None)
+
+
 def current(kalpla: Kalpla) -> dict[str, str | None]:
-    """The applied revision of each branch (None where a branch is not applied)."""
+    """The applied revision of each branch (None where a branch is not applied), for the core
+    and every installed plugin with migrations, loaded or not."""
+    known = [CORE_BRANCH, *kalpla.plugins.migration_locations()]
     with _config(kalpla) as cfg:
         script = ScriptDirectory.from_config(cfg)
-        heads = MigrationContext.configure(cfg.attributes["connection"]).get_current_heads()
-        out: dict[str, str | None] = {}
-        for rev_id in heads:
-            for rev in script.walk_revisions(base="base", head=rev_id):
-                labels = rev.branch_labels
-                if labels:
-                    for label in labels:
-                        out.setdefault(label, rev_id)
-                    break
-        known = [CORE_BRANCH, *kalpla.plugins.migration_locations()]
-        return {label: out.get(label) for label in known}
+        applied = MigrationContext.configure(cfg.attributes["connection"]).get_current_heads()
+        out: dict[str, str | None] = dict.fromkeys(known)
+        for rev_id in applied:
+            try:
+                rev = script.get_revision(rev_id)
+            except CommandError:
+                rev = None
+            if rev is None:
+                raise LookupError(f"the database has revision {rev_id!r}, which neither the "
+                                  "core nor any installed plugin provides") from None
+            branch = _branch_of(rev, known)
+            if branch is not None:
+                out[branch] = rev_id
+        return out
 
 
 def heads(kalpla: Kalpla) -> dict[str, str]:
     """The newest revision of each branch in the scripts."""
+    known = [CORE_BRANCH, *kalpla.plugins.migration_locations()]
     with _config(kalpla) as cfg:
         script = ScriptDirectory.from_config(cfg)
         out = {}
         for rev in script.get_revisions("heads"):
-            for r in script.walk_revisions(base="base", head=rev.revision):
-                if r.branch_labels:
-                    out[next(iter(r.branch_labels))] = rev.revision
-                    break
+            branch = _branch_of(rev, known)
+            if branch is not None:
+                out[branch] = rev.revision
         return out
+
+
+def differences(kalpla: Kalpla) -> list[Any]:
+    """What Alembic's autogenerate finds between the database and the models of the core and
+    the loaded plugins: empty when the migrations create exactly what the models declare.
+
+    Tables of installed plugins that are not loaded are left out (they have no models here),
+    and so are models on the metadata that belong to neither the core nor a loaded plugin.
+    """
+    from alembic.autogenerate import compare_metadata
+
+    from kalpla_core.db import Base
+    from kalpla_core.plugins.dispatch import core_tables
+
+    owned = core_tables() | {model.__table__.name
+                             for _, model in kalpla.plugins.collect("kalpla_models")}
+    loaded = set(kalpla.plugins.names)
+    unloaded = tuple(f"{name}_" for name in kalpla.plugins.migration_locations()
+                     if name not in loaded)
+
+    def include(_obj: Any, name: str | None, type_: str, reflected: bool,
+                compare_to: Any) -> bool:
+        if type_ != "table" or name is None:
+            return True
+        if not reflected:
+            return name in owned
+        return compare_to is not None or not (unloaded and name.startswith(unloaded))
+
+    with kalpla.db.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={
+            "compare_type": True, "compare_server_default": True, "include_object": include})
+        return list(compare_metadata(context, Base.metadata))

@@ -7,6 +7,7 @@ loads by itself (entry point ``pytest11``) wherever ``kalpla`` is installed.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,13 +15,18 @@ from typing import Any
 
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from kalpla_core.identity.models import Membership, User
 from kalpla_core.identity.passwords import hash_password
 from kalpla_core.institutions.models import Institution
 from kalpla_core.institutions.service import create_institution, ensure_default_institution
 
-__all__ = ["Factories", "QueryCounter", "clean_database", "count_queries"]
+__all__ = [
+    "Factories", "QueryCounter", "clean_database", "count_queries", "end_leaked_transactions",
+]
+
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL SQLSTATE when lock_timeout expires
 
 
 @dataclass
@@ -48,18 +54,58 @@ def count_queries(engine: Engine) -> Iterator[QueryCounter]:
 
 
 def clean_database(engine: Engine) -> None:
-    """Delete every row of every table but Alembic's, children before parents."""
+    """Delete every row of every table but Alembic's, children before parents.
+
+    On PostgreSQL, tables are truncated (identities restarted). A connection of this test run
+    left inside a transaction (a session never closed) would block that forever, so after a
+    short wait such connections are ended, with a warning.
+    """
     from kalpla_core.db import Base
 
     known = [t.name for t in reversed(Base.metadata.sorted_tables)]
     present = set(inspect(engine).get_table_names()) - {"alembic_version"}
     order = [t for t in present if t not in known] + [t for t in known if t in present]
+    if not order:
+        return
+    if engine.dialect.name == "postgresql":
+        _truncate(engine, order)
+        return
     with engine.begin() as conn:
-        if engine.dialect.name == "postgresql" and order:
-            conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in order) + " CASCADE"))
-        else:
-            for table in order:
-                conn.execute(text(f'DELETE FROM "{table}"'))  # noqa: S608 (names from schema)
+        for table in order:
+            conn.execute(text(f'DELETE FROM "{table}"'))  # noqa: S608 (names from schema)
+
+
+def _truncate(engine: Engine, tables: list[str]) -> None:
+    statement = text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables)
+                     + " RESTART IDENTITY CASCADE")
+    for attempt in (1, 2):
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("SET LOCAL lock_timeout = '5s'"))
+                conn.execute(statement)
+            return
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE or attempt == 2:
+                raise
+            if not end_leaked_transactions(engine):
+                raise
+
+
+def end_leaked_transactions(engine: Engine) -> int:
+    """End this test run's PostgreSQL connections that sit idle inside a transaction (the
+    engine URL's ``application_name`` names the run); returns how many were ended."""
+    name = engine.url.query.get("application_name")
+    if not name:
+        return 0
+    with engine.connect() as conn:
+        pids = list(conn.scalars(text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = :name AND pid <> pg_backend_pid() "
+            "AND state LIKE 'idle in transaction%'"), {"name": name}))
+    if pids:
+        warnings.warn(f"{len(pids)} database connection(s) were left inside a transaction "
+                      "after the test (a session not closed?); they were ended", stacklevel=2)
+    return len(pids)
 
 
 @functools.cache

@@ -5,43 +5,85 @@
   (default: every installed plugin);
 - ``db``: a session on the test database (commit to make rows visible to requests);
 - ``factories``: :class:`kalpla_core.testing.Factories` for the ``app``;
-- ``query_counter``: ``with query_counter() as q: …; assert q.count <= 3``.
+- ``query_counter``: ``with query_counter() as q: …; assert q.count <= 3``;
+- ``empty_database_url``: an empty database of its own, for tests of migrations
+  (``make_app(database_url=empty_database_url)`` then ``kalpla_core.migrate.upgrade``).
 
 The database is SQLite in a temporary folder, or PostgreSQL when ``KALPLA_TEST_DATABASE_URL``
 is set. It is migrated once per session (core and every installed plugin) and emptied after
-each test.
+each test; on PostgreSQL the ``public`` schema is dropped and recreated at session start.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
-from kalpla_core.testing import Factories, clean_database, count_queries
+from kalpla_core.testing import LOCK_NOT_AVAILABLE, Factories, clean_database, count_queries
 
 TEST_SECRET = "test-secret-key-that-is-long-enough-for-kalpla"
+EMPTY_SCHEMA_PREFIX = "kalpla_empty_"
+
+
+def _test_url(url: str) -> str:
+    """The test database URL; on PostgreSQL its connections are named after this run, so the
+    harness can tell them from others."""
+    if not url.startswith("postgresql"):
+        return url
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    parsed = parsed.update_query_dict({"application_name": f"kalpla-test-{os.getpid()}"})
+    return parsed.render_as_string(hide_password=False)
 
 
 def _reset_postgres(url: str) -> None:
+    """Start from an empty ``public`` schema; drop the empty databases of aborted runs."""
     engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
+    try:
+        with engine.begin() as conn:
+            # Without a timeout, a connection of another process idle inside a transaction
+            # would make DROP SCHEMA wait forever.
+            conn.execute(text("SET LOCAL lock_timeout = '20s'"))
+            leftovers = conn.scalars(text(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE :prefix"),
+                {"prefix": f"{EMPTY_SCHEMA_PREFIX}%"}).all()
+            for schema in [*leftovers, "public"]:
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            conn.execute(text("CREATE SCHEMA public"))
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
+        raise pytest.UsageError(
+            f"the test database {engine.url.database!r} is locked by other connections "
+            f"({_holders(engine)}); stop them and run again") from None
+    finally:
+        engine.dispose()
+
+
+def _holders(engine: Engine) -> str:
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT pid, application_name, state FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()")).all()
+    return ", ".join(f"pid {pid} {name or '?'} {state}" for pid, name, state in rows) or "none"
 
 
 @pytest.fixture(scope="session")
 def kalpla_test_settings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Settings every test app shares: instance folder, database URL, secret key."""
     instance = tmp_path_factory.mktemp("kalpla-instance")
-    url = os.environ.get("KALPLA_TEST_DATABASE_URL") or f"sqlite:///{instance / 'test.db'}"
+    url = _test_url(os.environ.get("KALPLA_TEST_DATABASE_URL")
+                    or f"sqlite:///{instance / 'test.db'}")
     if url.startswith("postgresql"):
-        url = url.replace("postgresql://", "postgresql+psycopg://", 1)
         _reset_postgres(url)
     settings = {"instance_path": str(instance), "database_url": url,
                 "secret_key": TEST_SECRET, "log_level": "WARNING",
@@ -59,6 +101,7 @@ def make_app(kalpla_test_settings: dict[str, Any]) -> Iterator[Callable[..., Any
     from kalpla_core import create_app
     from kalpla_core.institutions.service import ensure_default_institution
 
+    shared_url = kalpla_test_settings["database_url"]
     apps: list[Any] = []
 
     def _make(plugins: list[str] | tuple[str, ...] | None = None,
@@ -69,7 +112,8 @@ def make_app(kalpla_test_settings: dict[str, Any]) -> Iterator[Callable[..., Any
         app = create_app(cfg)
         app.config["TESTING"] = True
         kalpla = app.extensions["kalpla"]
-        if not apps:
+        on_shared = kalpla.db.url == shared_url
+        if on_shared and not any(a.extensions["kalpla"].db.url == shared_url for a in apps):
             with kalpla.db.session() as s:
                 ensure_default_institution(s)
         apps.append(app)
@@ -77,14 +121,43 @@ def make_app(kalpla_test_settings: dict[str, Any]) -> Iterator[Callable[..., Any
 
     yield _make
     for app in apps:
-        kalpla = app.extensions["kalpla"]
-        runner = kalpla.jobs._runner
+        runner = app.extensions["kalpla"].jobs._runner
         if runner is not None:
             runner.wait(timeout=30)
-    if apps:
-        clean_database(apps[0].extensions["kalpla"].db.engine)
+    # Pooled connections are closed before cleaning, so only a leaked session can hold a lock.
     for app in apps:
         app.extensions["kalpla"].db.dispose()
+    shared = [a for a in apps if a.extensions["kalpla"].db.url == shared_url]
+    if shared:
+        engine = shared[0].extensions["kalpla"].db.engine
+        clean_database(engine)
+        engine.dispose()
+
+
+@pytest.fixture
+def empty_database_url(kalpla_test_settings: dict[str, Any],
+                       tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty database for this test alone, to run migrations on: a new SQLite
+    file, or on PostgreSQL a new schema of the test database, dropped afterwards."""
+    url = kalpla_test_settings["database_url"]
+    if not url.startswith("postgresql"):
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    schema = f"{EMPTY_SCHEMA_PREFIX}{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield make_url(url).update_query_dict({
+            "options": f"-csearch_path={schema}", "application_name": schema,
+        }).render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            # Connections still open on the schema (apps not yet disposed) are ended first.
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE application_name = :name"), {"name": schema})
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 @pytest.fixture
