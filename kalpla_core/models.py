@@ -9,6 +9,8 @@ from kalpla_core.courses.models import (
     Lesson,
     Module,
 )
+from kalpla_core.enrollment.models import Enrollment, LessonProgress
+from kalpla_core.idempotency.models import IdempotencyKey
 from kalpla_core.identity.models import (
     APIKey,
     EmailToken,
@@ -34,10 +36,13 @@ __all__ = [
     "CoursePrerequisite",
     "CourseTag",
     "EmailToken",
+    "Enrollment",
+    "IdempotencyKey",
     "Institution",
     "InstitutionPlugin",
     "Job",
     "Lesson",
+    "LessonProgress",
     "LoginThrottle",
     "Membership",
     "Module",

@@ -1,0 +1,1 @@
+"""Enrollment, waitlists, access control and progress."""

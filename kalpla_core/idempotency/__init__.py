@@ -1,0 +1,1 @@
+"""Idempotency keys for creating money- or enrollment-moving resources."""
