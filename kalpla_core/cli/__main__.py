@@ -1,0 +1,3 @@
+from kalpla_core.cli import main
+
+main()
