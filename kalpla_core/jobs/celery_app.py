@@ -1,45 +1,70 @@
-"""The Celery side of the job API. Workers build the same Kalpla app from the same
-environment, so plugins, jobs and database are identical to the web process's.
+"""The Celery side of the job API.
 
-Start a worker with ``kalpla worker`` (or ``celery -A kalpla_core.jobs.worker worker``).
+The web process only sends job ids (:func:`make_celery`, used by ``CeleryRunner``); a worker
+runs them on a Kalpla app built exactly like the web's, so plugins, jobs and database are the
+same (:func:`make_worker`). Start one with ``kalpla worker`` or
+``celery -A kalpla_core.jobs.worker worker``, which build the app from the ``KALPLA_*``
+environment; embedding code (and the tests) pass an app they built to :func:`make_worker` and
+call ``worker_main(["worker", …])`` on the result.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
+from celery.signals import setup_logging, worker_process_init
+
+from kalpla_core.config import ConfigError
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+TASK_NAME = "kalpla.run_job"
 
 
-def make_celery(broker_url: str | None) -> Celery:
-    celery = Celery("kalpla", broker=broker_url)
-    celery.conf.update(task_ignore_result=True, task_acks_late=True,
-                       worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True)
+def make_celery(broker_url: str, queue: str = "kalpla") -> Celery:
+    """A Celery app that sends to (and, in a worker, consumes from) ``queue``."""
+    celery = Celery("kalpla", broker=broker_url, set_as_current=False)
+    celery.conf.update(
+        task_default_queue=queue,
+        # The job record is the result: no result backend needed.
+        task_ignore_result=True,
+        # Acknowledge after the run, so a job whose worker died is delivered again; the
+        # atomic claim in Jobs.run keeps a redelivered job from running twice.
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+    )
     return celery
 
 
-_app: Any = None
-
-
-def _kalpla_app() -> Any:
-    global _app
-    if _app is None:
+def make_worker(app: Flask | None = None) -> Celery:
+    """The Celery app a worker runs: it executes ``kalpla.run_job`` on ``app`` (default: an app
+    built from the ``KALPLA_*`` environment) and consumes the app's ``KALPLA_CELERY_QUEUE``."""
+    if app is None:
         from kalpla_core.app import create_app
 
-        _app = create_app()
-    return _app
+        app = create_app()
+    kalpla = app.extensions["kalpla"]
+    settings = kalpla.settings
+    if not settings.celery_broker_url:
+        raise ConfigError("KALPLA_CELERY_BROKER_URL must be set to run a Celery worker")
+    celery = make_celery(settings.celery_broker_url, settings.celery_queue)
 
-
-def make_worker() -> Celery:
-    from kalpla_core.config import load_settings
-
-    celery = make_celery(load_settings().celery_broker_url)
-
-    @celery.task(name="kalpla.run_job")
+    @celery.task(name=TASK_NAME)
     def run_job(job_id: str) -> None:
-        app = _kalpla_app()
         with app.app_context():
-            app.extensions["kalpla"].jobs.run(job_id)
+            kalpla.jobs.run(job_id)
 
+    def _forked(**_kwargs: Any) -> None:
+        # A forked pool process must not reuse the parent's database connections.
+        kalpla.db.engine.dispose(close=False)
+
+    def _keep_logging(**_kwargs: Any) -> None:
+        # Any receiver stops Celery from reconfiguring logging: the app's JSON logs stay.
+        return None
+
+    worker_process_init.connect(_forked, weak=False)
+    setup_logging.connect(_keep_logging, weak=False)
     return celery
-

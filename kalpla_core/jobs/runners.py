@@ -1,10 +1,20 @@
-"""Job runners: providers of the ``jobs`` port."""
+"""Job runners: providers of the ``jobs`` port.
+
+A runner takes the id of a committed, queued job and gets :meth:`Jobs.run` called with it,
+here or in another process. Its interface: ``submit(job_id)``, ``wait(timeout) -> bool``
+(every job submitted here has finished) and ``shutdown()``.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from typing import Any
+
+log = logging.getLogger("kalpla.jobs")
 
 
 class InProcessRunner:
@@ -27,28 +37,54 @@ class InProcessRunner:
             self._futures.discard(future)
 
     def _run(self, job_id: str) -> None:
-        with self.app.app_context():
-            self.app.extensions["kalpla"].jobs.run(job_id)
+        try:
+            with self.app.app_context():
+                self.app.extensions["kalpla"].jobs.run(job_id)
+        except Exception:
+            # Jobs.run records a job's own failures; this is the runner itself failing
+            # (database unreachable, say), which would otherwise vanish inside the future.
+            log.exception("job runner failed", extra={"job_id": job_id})
 
-    def wait(self, timeout: float | None = 30) -> None:
-        """Block until every submitted job has finished (CLI and tests)."""
-        with self._lock:
-            pending = set(self._futures)
-        wait(pending, timeout=timeout)
+    def wait(self, timeout: float | None = 30) -> bool:
+        """Block until every submitted job has finished, including jobs that those jobs
+        submitted (CLI and tests). False if some are still running after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                pending = {f for f in self._futures if not f.done()}
+            if not pending:
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            wait_for(pending, timeout=remaining)
+
+    def shutdown(self, timeout: float | None = 30) -> bool:
+        """Let submitted jobs finish (up to ``timeout``), then stop the pool's threads.
+        Jobs still running after that are not waited for; later submits raise."""
+        finished = self.wait(timeout)
+        self._pool.shutdown(wait=finished, cancel_futures=True)
+        return finished
 
 
 class CeleryRunner:
-    """Hands job ids to Celery workers started with ``kalpla worker``."""
-
-    TASK = "kalpla.run_job"
+    """Sends job ids to Celery workers (see :mod:`kalpla_core.jobs.celery_app`)."""
 
     def __init__(self, app: Any) -> None:
         from kalpla_core.jobs.celery_app import make_celery
 
-        self.celery = make_celery(app.extensions["kalpla"].settings.celery_broker_url)
+        settings = app.extensions["kalpla"].settings
+        self.celery = make_celery(settings.celery_broker_url, settings.celery_queue)
 
     def submit(self, job_id: str) -> None:
-        self.celery.send_task(self.TASK, args=[job_id])
+        from kalpla_core.jobs.celery_app import TASK_NAME
 
-    def wait(self, timeout: float | None = 30) -> None:
+        self.celery.send_task(TASK_NAME, args=[job_id])
+
+    def wait(self, timeout: float | None = 30) -> bool:
         """Workers run elsewhere; callers poll the job record instead."""
+        return True
+
+    def shutdown(self, timeout: float | None = 30) -> bool:
+        self.celery.close()  # releases the broker connections
+        return True

@@ -121,9 +121,8 @@ def make_app(kalpla_test_settings: dict[str, Any]) -> Iterator[Callable[..., Any
 
     yield _make
     for app in apps:
-        runner = app.extensions["kalpla"].jobs._runner
-        if runner is not None:
-            runner.wait(timeout=30)
+        # Jobs finish before the tables are emptied; the runner's threads stop with them.
+        app.extensions["kalpla"].jobs.shutdown(timeout=30)
     # Pooled connections are closed before cleaning, so only a leaked session can hold a lock.
     for app in apps:
         app.extensions["kalpla"].db.dispose()
