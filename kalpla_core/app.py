@@ -199,6 +199,10 @@ def _register_core(api: Api, kalpla: Kalpla) -> None:
     # Identity (issue 3): members, API keys, audit log, privacy.
     from kalpla_core.identity.member_routes import blp as members_blp
     api.register_blueprint(members_blp)
+    from kalpla_core.identity.apikey_routes import blp as apikeys_blp
+    from kalpla_core.identity.apikey_routes import init_api_key_quotas
+    api.register_blueprint(apikeys_blp)
+    init_api_key_quotas(api._app)
     init_jobs(api._app, kalpla)
 
 

@@ -22,12 +22,16 @@ def kalpla_permissions() -> list[Permission]:
 
 @hookimpl
 def kalpla_providers() -> list[Provider]:
+    from kalpla_core.identity.apikeys import APIKeyAuthenticator
     from kalpla_core.identity.authn import KalplaTokenAuthenticator
     from kalpla_core.jobs.runners import CeleryRunner, InProcessRunner
 
     return [
         Provider("authenticator", "token", KalplaTokenAuthenticator,
                  "Bearer access tokens signed by this deployment"),
+        # Identity (issue 3): institution API keys (klp_…), only such credentials claimed.
+        Provider("authenticator", "api_key", APIKeyAuthenticator,
+                 "Institution API keys: Bearer klp_… or X-API-Key"),
         Provider("jobs", "inprocess", InProcessRunner, "Thread pool inside the web process"),
         Provider("jobs", "celery", CeleryRunner, "Celery workers (KALPLA_CELERY_BROKER_URL)"),
     ]
