@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import click
 from flask.cli import with_appcontext
 
 from kalpla_core import demo as demo_data
 from kalpla_core import migrate
 from kalpla_core.cli.group import kalpla
+
+
+@contextmanager
+def _quiet_migrations() -> Iterator[None]:
+    # The progress bar reports the migrations; Alembic's per-revision log lines would break it.
+    logger = logging.getLogger("alembic")
+    previous = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def _roles(account: demo_data.DemoAccount) -> str:
@@ -30,7 +46,8 @@ def demo(force: bool) -> None:
     labels = ["migrations", *(label for label, _ in demo_data.DEMO_STEPS)]
     with click.progressbar(length=len(labels), label="Loading demo data",
                            item_show_func=lambda item: item) as bar:
-        migrate.upgrade(k)
+        with _quiet_migrations():
+            migrate.upgrade(k)
         bar.update(1, "migrations")
         demo_data.load_demo(k, on_step=lambda label: bar.update(1, label))
 
