@@ -12,8 +12,11 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from kalpla_core.identity.federation.config import CognitoPool, OIDCProvider
 
 
 class ConfigError(ValueError):
@@ -44,6 +47,9 @@ class Settings:
     access_token_ttl: int = 900
     log_level: str = "INFO"
     base_url: str = "http://localhost:5000"
+    # External identity providers (kalpla_core.identity.federation.config); shown by name.
+    oidc_providers: tuple[OIDCProvider, ...] = ()
+    cognito_user_pools: tuple[CognitoPool, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def redacted(self) -> dict[str, str]:
@@ -56,7 +62,7 @@ class Settings:
             if value is None:
                 text = ""
             elif isinstance(value, tuple):
-                text = ",".join(value)
+                text = ",".join(str(v) for v in value)
             else:
                 text = str(value)
             if f.name == "secret_key" and text:
@@ -182,6 +188,8 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
         if origin != "*" and urlparse(origin).scheme not in ("http", "https"):
             raise ConfigError(f"KALPLA_CORS_ORIGINS entry {origin!r} must be an http(s) origin")
 
+    from kalpla_core.identity.federation.config import parse_cognito_pools, parse_oidc_providers
+
     return Settings(
         instance_path=instance_path,
         database_url=database_url,
@@ -202,5 +210,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
         access_token_ttl=_int(env, "KALPLA_ACCESS_TOKEN_TTL", 900, minimum=30),
         log_level=log_level,
         base_url=(env.get("KALPLA_BASE_URL") or "http://localhost:5000").rstrip("/"),
+        oidc_providers=parse_oidc_providers(env.get("KALPLA_OIDC_PROVIDERS")),
+        cognito_user_pools=parse_cognito_pools(env.get("KALPLA_COGNITO_USER_POOLS")),
         extra=extra,
     )

@@ -24,6 +24,7 @@ def kalpla_permissions() -> list[Permission]:
 def kalpla_providers() -> list[Provider]:
     from kalpla_core.identity.apikeys import APIKeyAuthenticator
     from kalpla_core.identity.authn import KalplaTokenAuthenticator
+    from kalpla_core.identity.federation.cognito import CognitoAuthenticator
     from kalpla_core.jobs.runners import CeleryRunner, InProcessRunner
 
     return [
@@ -32,6 +33,9 @@ def kalpla_providers() -> list[Provider]:
         # Identity (issue 3): institution API keys (klp_…), only such credentials claimed.
         Provider("authenticator", "api_key", APIKeyAuthenticator,
                  "Institution API keys: Bearer klp_… or X-API-Key"),
+        # Identity (issue 3): tokens of the Cognito user pools in KALPLA_COGNITO_USER_POOLS.
+        Provider("authenticator", "cognito", CognitoAuthenticator,
+                 "Bearer tokens issued by a configured Amazon Cognito user pool"),
         Provider("jobs", "inprocess", InProcessRunner, "Thread pool inside the web process"),
         Provider("jobs", "celery", CeleryRunner, "Celery workers (KALPLA_CELERY_BROKER_URL)"),
     ]

@@ -1,0 +1,1 @@
+"""Identities from outside: OpenID Connect social login and Cognito-issued tokens."""
