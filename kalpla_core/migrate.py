@@ -7,7 +7,7 @@ Alembic target, such as ``example@base`` to remove a plugin's tables.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from io import StringIO
 from pathlib import Path
@@ -57,8 +57,8 @@ def upgrade(kalpla: Kalpla, plugin: str | None = None) -> list[str]:
 def _seed(kalpla: Kalpla) -> None:
     from kalpla_core.institutions.service import ensure_default_institution
 
-    if current(kalpla)[CORE_BRANCH] is None:
-        return  # a plugin branch without the core: nothing to seed into yet
+    if current(kalpla)[CORE_BRANCH] != heads(kalpla)[CORE_BRANCH]:
+        return  # only a plugin's dependency on part of the core was applied; seed later
     with kalpla.db.session() as session:
         ensure_default_institution(session)
 
@@ -74,26 +74,50 @@ def _branch_of(rev: Script, labels: list[str]) -> str | None:
     return next((label for label in labels if label in rev.branch_labels), None)
 
 
+def _applied(script: ScriptDirectory, heads: tuple[str, ...]) -> list[Script]:
+    """Every revision the database has: its heads and their ancestors, dependencies included
+    (a plugin revision that depends on a core revision leaves only itself in the version
+    table)."""
+    seen: dict[str, Script] = {}
+    stack = list(heads)
+    while stack:
+        rev_id = stack.pop()
+        if rev_id in seen:
+            continue
+        try:
+            rev = script.get_revision(rev_id)
+        except CommandError:
+            rev = None
+        if rev is None:
+            raise LookupError(f"the database has revision {rev_id!r}, which neither the "
+                              "core nor any installed plugin provides") from None
+        seen[rev_id] = rev
+        stack.extend([*_ids(rev.down_revision), *_ids(rev.dependencies)])
+    return list(seen.values())
+
+
+def _ids(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
 def current(kalpla: Kalpla) -> dict[str, str | None]:
     """The applied revision of each branch (None where a branch is not applied), for the core
     and every installed plugin with migrations, loaded or not."""
     known = [CORE_BRANCH, *kalpla.plugins.migration_locations()]
     with _config(kalpla) as cfg:
         script = ScriptDirectory.from_config(cfg)
-        applied = MigrationContext.configure(cfg.attributes["connection"]).get_current_heads()
-        out: dict[str, str | None] = dict.fromkeys(known)
-        for rev_id in applied:
-            try:
-                rev = script.get_revision(rev_id)
-            except CommandError:
-                rev = None
-            if rev is None:
-                raise LookupError(f"the database has revision {rev_id!r}, which neither the "
-                                  "core nor any installed plugin provides") from None
-            branch = _branch_of(rev, known)
-            if branch is not None:
-                out[branch] = rev_id
-        return out
+        heads = MigrationContext.configure(cfg.attributes["connection"]).get_current_heads()
+        applied = _applied(script, heads)
+    # In each branch, the applied revision is the one no other applied revision builds on.
+    below = {parent for rev in applied for parent in _ids(rev.down_revision)}
+    out: dict[str, str | None] = dict.fromkeys(known)
+    for rev in applied:
+        branch = _branch_of(rev, known)
+        if branch is not None and rev.revision not in below:
+            out[branch] = rev.revision
+    return out
 
 
 def heads(kalpla: Kalpla) -> dict[str, str]:
