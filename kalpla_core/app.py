@@ -205,6 +205,8 @@ def _register_core(api: Api, kalpla: Kalpla) -> None:
     init_api_key_quotas(api._app)
     from kalpla_core.audit.routes import blp as audit_blp
     api.register_blueprint(audit_blp)
+    from kalpla_core.identity.privacy_routes import blp as privacy_blp
+    api.register_blueprint(privacy_blp)
     from kalpla_core.identity.federation.oidc_routes import blp as oidc_blp
     api.register_blueprint(oidc_blp)
     init_jobs(api._app, kalpla)
