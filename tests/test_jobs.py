@@ -453,6 +453,9 @@ def test_unreachable_broker_fails_the_job_and_not_the_request(make_app, caplog):
 
 
 def test_worker_task_runs_the_job_on_its_app(make_app):
+    # Another worker app in the same process, on an app without the jobtest plugin, must not
+    # capture the task of the next one.
+    make_worker(make_app(plugins=[], celery_broker_url=BROKER_URL))
     app, _queue = celery_app_with(make_app, BROKER_URL)
     kalpla = app.extensions["kalpla"]
     task = make_worker(app).tasks[TASK_NAME]

@@ -52,7 +52,8 @@ def make_worker(app: Flask | None = None) -> Celery:
         raise ConfigError("KALPLA_CELERY_BROKER_URL must be set to run a Celery worker")
     celery = make_celery(settings.celery_broker_url, settings.celery_queue)
 
-    @celery.task(name=TASK_NAME)
+    # Not shared: each worker app runs jobs on its own Kalpla app (several may share a process).
+    @celery.task(name=TASK_NAME, shared=False)
     def run_job(job_id: str) -> None:
         with app.app_context():
             kalpla.jobs.run(job_id)
