@@ -13,6 +13,7 @@ from kalpla_core.http.pagination import PageArgs, page_of, page_response, pagina
 from kalpla_core.http.problems import APIError
 from kalpla_core.identity import members
 from kalpla_core.identity.models import ROLES, User
+from kalpla_core.identity.privacy_routes import personal_principal
 from kalpla_core.institutions.models import Institution
 from kalpla_core.institutions.schemas import InstitutionSchema
 from kalpla_core.institutions.service import get_by_slug
@@ -128,8 +129,7 @@ class MyMemberships(MethodView):
     @blp.doc(security=[{"bearer": []}])
     def get(self, args: dict[str, Any]) -> Any:
         """The institutions where the caller holds roles, with those roles."""
-        user = current_user()
-        assert user is not None
+        user = personal_principal().user
         session = db_session()
         page = paginate(session, members.my_memberships_query(user.id),
                         [(Institution.slug, "asc"), (Institution.id, "asc")],

@@ -42,7 +42,7 @@ class DeleteAccountSchema(Schema):
         "description": "Your password; not needed within minutes of a login."})
 
 
-def _person() -> Principal:
+def personal_principal() -> Principal:
     """The caller, if they act as themselves: an API key acts for an institution, never on
     its creator's personal account."""
     principal = current_principal()
@@ -59,7 +59,7 @@ class Export(MethodView):
     @blp.doc(security=[{"bearer": []}])
     def get(self) -> Any:
         """Everything stored about you, core and plugins, as one JSON document."""
-        principal = _person()
+        principal = personal_principal()
         session = db_session()
         body = privacy.export_user(session, kalpla(), principal.user)
         record(session, "user.exported", actor_id=principal.user.id, target_type="user",
@@ -76,7 +76,7 @@ class Account(MethodView):
         """Delete your account: personal data is erased or anonymised in the core and every
         plugin, all sessions and keys are revoked. Needs your password, or a login within
         the last minutes."""
-        principal = _person()
+        principal = personal_principal()
         session = db_session()
         recent = (principal.method == "token"
                   and privacy.recently_logged_in(session, principal.user.id,

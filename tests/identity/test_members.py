@@ -152,3 +152,9 @@ def test_my_memberships(client, factories):
     r = client.get("/api/v1/me/memberships?limit=1", headers=factories.auth(me))
     assert len(r.json["items"]) == 1 and r.json["next_cursor"]
     _problem(client.get("/api/v1/me/memberships"), 401)
+    # An API key acts for its institution, not as its creator's person.
+    admin = factories.user(roles={school: ["admin"]})
+    key = client.post("/api/v1/institutions/school/api-keys",
+                      json={"name": "k", "scopes": ["members.manage"]},
+                      headers=factories.auth(admin)).json["key"]
+    _problem(client.get("/api/v1/me/memberships", headers={"X-API-Key": key}), 403)
