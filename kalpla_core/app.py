@@ -182,6 +182,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(docs)
     _register_core(api, kalpla)
     _register_plugins(app, api, kalpla)
+    from kalpla_core.ratelimit import init_ratelimit
+
+    init_ratelimit(app, kalpla)  # after every blueprint, core and plugins, is registered
     return app
 
 
@@ -210,6 +213,13 @@ def _register_core(api: Api, kalpla: Kalpla) -> None:
     from kalpla_core.identity.federation.oidc_routes import blp as oidc_blp
     api.register_blueprint(oidc_blp)
     init_jobs(api._app, kalpla)
+    # Identity (issue 3): accounts, tokens, sessions, MFA; mail delivery job.
+    from kalpla_core.identity.auth_routes import blp as auth_blp
+    from kalpla_core.identity.me_routes import blp as me_blp
+    from kalpla_core.mail.service import register_mail_jobs
+    api.register_blueprint(auth_blp)
+    api.register_blueprint(me_blp)
+    register_mail_jobs(kalpla)
 
 
 def _register_plugins(app: Flask, api: Api, kalpla: Kalpla) -> None:

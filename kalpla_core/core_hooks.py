@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from kalpla_core.contract import Permission, Provider
 from kalpla_core.hookspecs import hookimpl
 
@@ -26,6 +28,7 @@ def kalpla_providers() -> list[Provider]:
     from kalpla_core.identity.authn import KalplaTokenAuthenticator
     from kalpla_core.identity.federation.cognito import CognitoAuthenticator
     from kalpla_core.jobs.runners import CeleryRunner, InProcessRunner
+    from kalpla_core.mail.providers import OutboxProvider, SMTPProvider
 
     return [
         Provider("authenticator", "token", KalplaTokenAuthenticator,
@@ -36,6 +39,18 @@ def kalpla_providers() -> list[Provider]:
         # Identity (issue 3): tokens of the Cognito user pools in KALPLA_COGNITO_USER_POOLS.
         Provider("authenticator", "cognito", CognitoAuthenticator,
                  "Bearer tokens issued by a configured Amazon Cognito user pool"),
+        # Identity (issue 3): the mail port; KALPLA_MAIL picks one, plugins may add more.
+        Provider("mail", "outbox", OutboxProvider,
+                 "Stores mail in the mail_outbox table (kalpla mail list)"),
+        Provider("mail", "smtp", SMTPProvider, "Sends through the server at KALPLA_SMTP_URL"),
         Provider("jobs", "inprocess", InProcessRunner, "Thread pool inside the web process"),
         Provider("jobs", "celery", CeleryRunner, "Celery workers (KALPLA_CELERY_BROKER_URL)"),
     ]
+
+
+@hookimpl
+def kalpla_cli_commands() -> list[Any]:
+    # Identity (issue 3): kalpla mail list / show.
+    from kalpla_core.mail.cli import mail
+
+    return [mail]

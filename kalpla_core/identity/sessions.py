@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -33,6 +34,15 @@ def token_hash(token: str) -> str:
     """The stored form of an opaque token (refresh, e-mail): hex SHA-256. Such tokens carry
     256 bits of randomness, so a fast unsalted hash is enough to make the table useless."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Client:
+    """Who is calling, for session metadata and the audit log."""
+
+    ip: str = ""
+    user_agent: str = ""
+    request_id: str = ""
 
 
 @dataclass
@@ -81,10 +91,12 @@ def start_session(session: Session, kalpla: Kalpla, user: User, *, method: str =
 
 
 def refresh_session(session: Session, kalpla: Kalpla, refresh_token: str, *,
-                    user_agent: str = "", ip: str = "", request_id: str = "") -> TokenPair:
+                    user_agent: str = "", ip: str = "", request_id: str = "",
+                    gate: Callable[[User], None] | None = None) -> TokenPair:
     """Rotate ``refresh_token``: a new pair of the same session. Reuse of a rotated token
     revokes the whole session; that revocation is committed before the 401 is raised (the
-    request's unit of work rolls back on errors)."""
+    request's unit of work rolls back on errors). ``gate`` may refuse the user (by raising)
+    before anything changes."""
     row = session.scalar(select(RefreshToken).where(
         RefreshToken.token_hash == token_hash(refresh_token)))
     now = utcnow()
@@ -94,6 +106,8 @@ def refresh_session(session: Session, kalpla: Kalpla, refresh_token: str, *,
     if row.expires_at <= now or not can_authenticate(user):
         raise _invalid_refresh()
     assert user is not None
+    if gate is not None:
+        gate(user)
     # Mark rotated only if nobody else did: of two concurrent refreshes with one token,
     # exactly one wins and the other counts as reuse.
     won = session.execute(update(RefreshToken)
