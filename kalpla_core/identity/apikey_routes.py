@@ -21,9 +21,10 @@ from kalpla_core.http.pagination import PageArgs, page_of, page_response, pagina
 from kalpla_core.http.problems import APIError
 from kalpla_core.identity import apikeys
 from kalpla_core.identity.models import APIKey
-from kalpla_core.identity.quotas import MemoryQuotaCounter, QuotaCounter, RedisQuotaCounter
+from kalpla_core.identity.quotas import QuotaCounter
 from kalpla_core.institutions.models import Institution
 from kalpla_core.institutions.service import get_by_slug
+from kalpla_core.ratelimit import limiter_of
 
 blp = Blueprint("api_keys", __name__, url_prefix="/api/v1/institutions/<slug>/api-keys",
                 description="API keys of an institution: scoped, rate-limited, shown once.")
@@ -119,12 +120,10 @@ class APIKeyItem(MethodView):
 # --- per-key quotas -------------------------------------------------------------------------
 
 def init_api_key_quotas(app: Flask) -> None:
-    """Count every request made with an API key against its plan: 429 problem+json with
-    ``Retry-After`` beyond it, ``RateLimit-*`` headers on every answer."""
-    k = app.extensions["kalpla"]
-    counter: QuotaCounter = (RedisQuotaCounter(k.redis()) if k.settings.redis_url
-                             else MemoryQuotaCounter())
-    app.extensions["kalpla_api_key_quotas"] = counter
+    """Count every request made with an API key against its plan, in the app's rate-limit
+    store: 429 problem+json with ``Retry-After`` beyond it, ``RateLimit-*`` headers on every
+    answer (those of the nearer limit when the route has its own)."""
+    counter = QuotaCounter(lambda: limiter_of(app).limiter)
 
     @app.before_request
     def _count() -> None:
@@ -142,11 +141,13 @@ def init_api_key_quotas(app: Flask) -> None:
         if not state.allowed:
             raise APIError(429, f"The API key's quota of {state.plan.limit} requests per "
                            f"{state.plan.window} seconds is used up; retry later.",
-                           "rate-limited", headers=state.headers())
+                           "rate-limited", headers=state.headers(), retry_after=state.reset)
 
     @app.after_request
     def _headers(response: Response) -> Response:
         state = g.pop("api_key_quota", None)
-        if state is not None:
+        route_remaining = response.headers.get("RateLimit-Remaining", "")
+        if state is not None and not (route_remaining.isdigit()
+                                      and int(route_remaining) < state.remaining):
             response.headers.update(state.headers())
         return response

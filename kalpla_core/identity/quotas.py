@@ -1,34 +1,33 @@
-"""Per-API-key quotas: a fixed-window request counter, in Redis when the deployment has one
-(shared by every web process), in process memory otherwise. No Flask here."""
+"""Per-API-key quotas, counted in the app's rate-limit store (:mod:`kalpla_core.ratelimit`:
+process memory, or Redis when ``KALPLA_REDIS_URL`` is set, shared by every web process) with
+its fixed-window strategy. No Flask here: the caller passes the strategy."""
 
 from __future__ import annotations
 
 import logging
-import threading
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+
+from limits import RateLimitItemPerSecond
+from limits.strategies import RateLimiter
 
 from kalpla_core.identity.apikeys import RatePlan
 
 log = logging.getLogger("kalpla.quotas")
 
+NAMESPACE = "apikey"
+
 
 @dataclass(frozen=True)
 class WindowState:
-    """Where a key stands in the current window, for the ``RateLimit-*`` headers."""
+    """Where a key stands in its current window, for the ``RateLimit-*`` headers."""
 
     plan: RatePlan
-    used: int
+    allowed: bool
+    remaining: int
     reset: int  # seconds until the window ends
-
-    @property
-    def allowed(self) -> bool:
-        return self.used <= self.plan.limit
-
-    @property
-    def remaining(self) -> int:
-        return max(self.plan.limit - self.used, 0)
 
     def headers(self) -> dict[str, str]:
         out = {"RateLimit-Limit": str(self.plan.limit),
@@ -40,50 +39,23 @@ class WindowState:
         return out
 
 
-class QuotaCounter(Protocol):
-    def hit(self, key_id: str, plan: RatePlan) -> WindowState | None: ...
+class QuotaCounter:
+    """One hit per request made with a key, against its plan."""
 
-
-def _window(plan: RatePlan, now: float) -> tuple[int, int]:
-    """The current window's number and the seconds left in it (at least 1)."""
-    number = int(now // plan.window)
-    return number, max(int((number + 1) * plan.window - now), 1)
-
-
-class MemoryQuotaCounter:
-    """Counts in this process only: right for a single web process (the embedded default)."""
-
-    def __init__(self, clock: Any = time.time) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._hits: dict[str, tuple[int, int]] = {}  # key id -> (window number, count)
-
-    def hit(self, key_id: str, plan: RatePlan) -> WindowState:
-        number, reset = _window(plan, self._clock())
-        with self._lock:
-            window, count = self._hits.get(key_id, (number, 0))
-            count = count + 1 if window == number else 1
-            self._hits[key_id] = (number, count)
-        return WindowState(plan, count, reset)
-
-
-class RedisQuotaCounter:
-    """One ``INCR`` per request on a key that expires with its window."""
-
-    def __init__(self, redis: Any, clock: Any = time.time) -> None:
-        self._redis = redis
-        self._clock = clock
+    def __init__(self, strategy: Callable[[], RateLimiter]) -> None:
+        # Looked up per hit: the limiter swaps in its memory fallback while Redis is down.
+        self._strategy = strategy
 
     def hit(self, key_id: str, plan: RatePlan) -> WindowState | None:
-        number, reset = _window(plan, self._clock())
-        name = f"kalpla:apikey-quota:{key_id}:{number}"
+        """The key's state after this request, or None when the store cannot be reached
+        (the request then goes through uncounted rather than failing)."""
+        item = RateLimitItemPerSecond(plan.limit, plan.window, namespace="KALPLA")
         try:
-            pipe = self._redis.pipeline()
-            pipe.incr(name)
-            pipe.expire(name, plan.window + 1)
-            count, _ = pipe.execute()
+            strategy = self._strategy()
+            allowed = strategy.hit(item, NAMESPACE, key_id)
+            stats = strategy.get_window_stats(item, NAMESPACE, key_id)
         except Exception:
-            # An unreachable Redis must not take the API down: the request goes through.
             log.warning("quota store unavailable; request not counted", exc_info=True)
             return None
-        return WindowState(plan, int(count), reset)
+        reset = max(math.ceil(stats.reset_time - time.time()), 1)
+        return WindowState(plan, allowed, max(stats.remaining, 0), reset)
