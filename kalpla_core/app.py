@@ -212,6 +212,9 @@ def _register_core(api: Api, kalpla: Kalpla) -> None:
     api.register_blueprint(privacy_blp)
     from kalpla_core.identity.federation.oidc_routes import blp as oidc_blp
     api.register_blueprint(oidc_blp)
+    # Courses (issue 4): catalog, authoring and lifecycle.
+    from kalpla_core.courses.routes import blp as courses_blp
+    api.register_blueprint(courses_blp)
     init_jobs(api._app, kalpla)
     # Identity (issue 3): accounts, tokens, sessions, MFA; mail delivery job.
     from kalpla_core.identity.auth_routes import blp as auth_blp

@@ -19,6 +19,12 @@ def kalpla_permissions() -> list[Permission]:
         Permission("apikeys.manage", "Create, list and revoke the institution's API keys",
                    ("admin",)),
         Permission("audit.read", "Read the institution's audit log", ("admin",)),
+        # Courses (issue 4): authoring. A mentor edits only the courses they instruct or
+        # created; courses.manage_all lifts that limit.
+        Permission("courses.create", "Create courses and edit the ones you instruct",
+                   ("mentor", "admin")),
+        Permission("courses.manage_all", "Edit, publish, archive and delete every course of "
+                   "the institution", ("admin",)),
     ]
 
 

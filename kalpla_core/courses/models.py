@@ -129,3 +129,21 @@ class Lesson(TimestampMixin, Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
 
     __mapper_args__ = {"version_id_col": version}
+
+
+class CourseSearchTerm(Base):
+    """One word of a course's title or summary, folded (see ``courses.catalog.search_terms``):
+    the catalog's free-text search matches query words as prefixes of these, through an index,
+    so its cost follows the number of matches rather than the size of the catalog."""
+
+    __tablename__ = "course_search_terms"
+    __table_args__ = (
+        # text_pattern_ops lets PostgreSQL answer ``term LIKE 'abc%'`` from the index whatever
+        # the database collation; SQLite compares bytes and uses the index for a range.
+        Index("ix_course_search_terms_term", "term", "course_id",
+              postgresql_ops={"term": "text_pattern_ops"}),
+    )
+
+    course_id: Mapped[str] = mapped_column(ForeignKey("courses.id", ondelete="CASCADE"),
+                                           primary_key=True)
+    term: Mapped[str] = mapped_column(String(64), primary_key=True)
