@@ -7,7 +7,13 @@ from typing import Any
 from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
-from kalpla_core.context import current_user, db_session, request_meta, require_permission
+from kalpla_core.context import (
+    current_user,
+    db_session,
+    kalpla,
+    request_meta,
+    require_permission,
+)
 from kalpla_core.http.api import Blueprint
 from kalpla_core.http.pagination import PageArgs, page_of, page_response, paginate
 from kalpla_core.http.problems import APIError
@@ -33,6 +39,8 @@ class MemberSchema(Schema):
     is_active = fields.Boolean(dump_only=True)
     roles = fields.List(fields.String(), dump_only=True)
     joined_at = fields.DateTime(dump_only=True, allow_none=True)
+    invited = fields.Boolean(dump_only=True, metadata={
+        "description": "True when this request created the account and mailed an invitation."})
 
 
 class MemberListArgs(PageArgs):
@@ -43,6 +51,8 @@ class MemberListArgs(PageArgs):
 class AddMemberSchema(Schema):
     email = fields.Email(required=True, validate=validate.Length(max=320))
     roles = _roles
+    name = fields.String(load_default="", validate=validate.Length(max=200),
+                         metadata={"description": "The invitee's name, for a new account."})
 
 
 class RolesSchema(Schema):
@@ -86,13 +96,19 @@ class Members(MethodView):
     @blp.response(201, MemberSchema)
     @blp.doc(security=[{"bearer": []}])
     def post(self, data: dict[str, Any], slug: str) -> Any:
-        """Add an existing user, found by email, with roles (``members.manage``)."""
+        """Add a user, found by email, with roles (``members.manage``). When nobody has this
+        address, an account without a password is created and invited by mail to choose
+        one (``invited`` is true in the answer)."""
         session = db_session()
         inst = _institution(slug)
         user = members.find_user_by_email(session, data["email"])
-        if user is None or user.deleted_at is not None:
-            raise APIError(404, "There is no account with this email; the user must "
-                           "register first.", "unknown-user")
+        if user is None:
+            inviter = current_user()
+            return members.invite(session, kalpla(), inst, data["email"], data["roles"],
+                                  _actor(), name=data["name"],
+                                  inviter_name=inviter.name if inviter else "")
+        if not user.is_active or user.deleted_at is not None:
+            raise APIError(409, "This account is disabled.", "account-disabled")
         return members.add_member(session, inst, user, data["roles"], _actor())
 
 

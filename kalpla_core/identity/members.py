@@ -9,17 +9,26 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Select, delete, exists, func, select
 from sqlalchemy.orm import Session
 
 from kalpla_core.audit.service import record
 from kalpla_core.http.problems import APIError
+from kalpla_core.identity.accounts import PASSWORD_RESET, issue_email_token
 from kalpla_core.identity.models import ROLES, Membership, User
+from kalpla_core.identity.throttle import normalise_email
 from kalpla_core.institutions.models import Institution
+from kalpla_core.mail.service import send_mail
+
+if TYPE_CHECKING:
+    from kalpla_core.app import Kalpla
 
 ADMIN = "admin"
+# An invitation's password link lives longer than a reset link: it may wait for a holiday.
+INVITE_TTL = timedelta(days=7)
 
 
 @dataclass
@@ -186,12 +195,23 @@ def find_user_by_email(session: Session, email: str) -> User | None:
     return session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
 
 
-def create_pending_user(session: Session, email: str, name: str = "") -> User:
-    """A user invited by an admin: no password until they set one through the mailed link."""
-    user = User(email=email.strip().lower(), name=name, password_hash=None)
+def invite(session: Session, kalpla: Kalpla, institution: Institution, email: str,
+           roles: Iterable[str], actor: Actor, *, name: str = "",
+           inviter_name: str = "") -> Member:
+    """Create an account without a password for ``email``, make it a member and mail it a
+    link to choose its password (the password-reset flow, which also verifies the address).
+    Until then nobody can log in to it."""
+    clean = _clean_roles(roles)
+    user = User(email=normalise_email(email), name=name.strip(), password_hash=None)
     session.add(user)
     session.flush()
-    return user
+    member = add_member(session, institution, user, clean, actor, invited=True)
+    token = issue_email_token(session, user, PASSWORD_RESET, INVITE_TTL)
+    send_mail(session, kalpla, user.email, "invitation", name=user.name, email=user.email,
+              institution=institution.name, inviter=inviter_name, roles=", ".join(clean),
+              token=token, link=f"{kalpla.settings.base_url}/reset-password?token={token}",
+              expires_days=INVITE_TTL.days)
+    return member
 
 
 def my_memberships_query(user_id: str) -> Select[tuple[Institution]]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 from sqlalchemy import select
 
 from kalpla_core.audit.models import AuditEvent
-from kalpla_core.identity.models import Membership
+from kalpla_core.identity.models import Membership, User
+from kalpla_core.mail.models import OutboxMessage
 
 PROBLEM = "application/problem+json"
 
@@ -98,8 +102,6 @@ def test_add_change_remove_are_audited(client, factories, db):
     assert r.json["user_id"] == newcomer.id and r.json["roles"] == ["mentor", "student"]
     _problem(client.post(base, json={"email": "new@example.test", "roles": ["admin"]},
                          headers=headers), 409)
-    _problem(client.post(base, json={"email": "nobody@example.test", "roles": ["student"]},
-                         headers=headers), 404)
     _problem(client.post(base, json={"email": "new@example.test", "roles": []},
                          headers=headers), 422)
 
@@ -158,3 +160,41 @@ def test_my_memberships(client, factories):
                       json={"name": "k", "scopes": ["members.manage"]},
                       headers=factories.auth(admin)).json["key"]
     _problem(client.get("/api/v1/me/memberships", headers={"X-API-Key": key}), 403)
+
+
+def test_inviting_a_new_address(client, factories, db, caplog):
+    caplog.set_level(logging.DEBUG)
+    _school, _, admin, _, _ = _setup(factories)
+    r = client.post("/api/v1/institutions/school/members",
+                    json={"email": "Invitee@Example.test", "roles": ["mentor"], "name": "Ivy"},
+                    headers=factories.auth(admin))
+    assert r.status_code == 201, r.json
+    assert r.json["invited"] is True and r.json["email"] == "invitee@example.test"
+    assert r.json["roles"] == ["mentor"]
+    user = db.get(User, r.json["user_id"])
+    assert user.password_hash is None and user.email_verified_at is None
+
+    mail = db.scalar(select(OutboxMessage).where(OutboxMessage.to == "invitee@example.test"))
+    assert mail.template == "invitation" and "School" in mail.subject
+    token = re.search(r"token=([\w-]+)", mail.body_text).group(1)
+    # No password yet: nobody can log in.
+    login = {"email": "invitee@example.test", "password": "a brand new passphrase"}
+    assert client.post("/api/v1/auth/token", json=login).status_code == 401
+    r = client.post("/api/v1/auth/password/reset",
+                    json={"token": token, "password": login["password"]})
+    assert r.status_code < 300, r.get_data(as_text=True)
+    r = client.post("/api/v1/auth/token", json=login)
+    assert r.status_code == 200, r.json
+    r = client.get("/api/v1/me/memberships",
+                   headers={"Authorization": f"Bearer {r.json['access_token']}"})
+    assert [(m["institution"]["slug"], m["roles"]) for m in r.json["items"]] == [
+        ("school", ["mentor"])]
+
+    event = db.scalar(select(AuditEvent).where(AuditEvent.action == "member.added"))
+    assert event.data == {"roles": ["mentor"], "invited": True}
+    assert token not in caplog.text and token not in str(event.data)
+    # An existing member is not invited again.
+    r = client.post("/api/v1/institutions/school/members",
+                    json={"email": "invitee@example.test", "roles": ["student"]},
+                    headers=factories.auth(admin))
+    _problem(r, 409)
