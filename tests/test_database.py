@@ -15,6 +15,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session
 
+from kalpla_core import testing
 from kalpla_core.db import Database, queue_after_commit
 from kalpla_core.hookspecs import PluginMeta, hookimpl
 from kalpla_core.institutions.models import Institution
@@ -230,6 +231,25 @@ def test_savepoints(database):
             _queue(s, ran, "released-then-rolled-back")
         s.rollback()
     assert ran == []
+
+
+# --- the harness cleans up after a leaked session --------------------------------------------
+
+def test_cleaning_ends_a_transaction_the_test_leaked(database, monkeypatch):
+    if database.dialect != "postgresql":
+        pytest.skip("ending other connections is PostgreSQL's; SQLite waits busy_timeout")
+    monkeypatch.setattr(testing, "CLEAN_LOCK_TIMEOUT", "200ms")
+    with database.session() as s:
+        create_institution(s, "locked", "Locked")
+    leaked = database.engine.connect()
+    leaked.begin()
+    leaked.execute(text("UPDATE institutions SET name = 'mine' WHERE slug = 'locked'"))
+    try:
+        with pytest.warns(UserWarning, match="left inside a transaction"):
+            testing.clean_database(database.engine)
+        assert not _slug_exists(database, "locked")
+    finally:
+        leaked.invalidate()
 
 
 # --- UTC datetimes ----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL SQLSTATE when lock_timeout expires
+CLEAN_LOCK_TIMEOUT = "5s"  # how long cleaning waits for a lock before ending leaked sessions
 
 
 @dataclass
@@ -56,38 +57,28 @@ def count_queries(engine: Engine) -> Iterator[QueryCounter]:
 def clean_database(engine: Engine) -> None:
     """Delete every row of every table but Alembic's, children before parents.
 
-    On PostgreSQL, tables are truncated (identities restarted). A connection of this test run
-    left inside a transaction (a session never closed) would block that forever, so after a
-    short wait such connections are ended, with a warning.
+    DELETE rather than TRUNCATE: on the few rows a test leaves, it is many times faster on
+    PostgreSQL. A connection of this test run left inside a transaction (a session never
+    closed) could block it forever, so on PostgreSQL such connections are ended after a short
+    wait, with a warning.
     """
     from kalpla_core.db import Base
 
     known = [t.name for t in reversed(Base.metadata.sorted_tables)]
     present = set(inspect(engine).get_table_names()) - {"alembic_version"}
     order = [t for t in present if t not in known] + [t for t in known if t in present]
-    if not order:
-        return
-    if engine.dialect.name == "postgresql":
-        _truncate(engine, order)
-        return
-    with engine.begin() as conn:
-        for table in order:
-            conn.execute(text(f'DELETE FROM "{table}"'))  # noqa: S608 (names from schema)
-
-
-def _truncate(engine: Engine, tables: list[str]) -> None:
-    statement = text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables)
-                     + " RESTART IDENTITY CASCADE")
+    postgres = engine.dialect.name == "postgresql"
     for attempt in (1, 2):
         try:
             with engine.begin() as conn:
-                conn.execute(text("SET LOCAL lock_timeout = '5s'"))
-                conn.execute(statement)
+                if postgres:
+                    conn.execute(text(f"SET LOCAL lock_timeout = '{CLEAN_LOCK_TIMEOUT}'"))
+                for table in order:
+                    conn.execute(text(f'DELETE FROM "{table}"'))  # noqa: S608 (schema names)
             return
         except OperationalError as exc:
-            if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE or attempt == 2:
-                raise
-            if not end_leaked_transactions(engine):
+            if (getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE or attempt == 2
+                    or not end_leaked_transactions(engine)):
                 raise
 
 
