@@ -24,11 +24,13 @@ from kalpla_core.audit.models import AuditEvent
 from kalpla_core.audit.service import record
 from kalpla_core.db import utcnow
 from kalpla_core.http.problems import APIError
-from kalpla_core.identity import members
+from kalpla_core.identity import members, throttle
+from kalpla_core.identity.accounts import confirm_password, wrong_password
 from kalpla_core.identity.apikeys import revoke_keys_of
 from kalpla_core.identity.models import (
     APIKey,
     EmailToken,
+    LoginThrottle,
     Membership,
     RecoveryCode,
     RefreshToken,
@@ -36,8 +38,7 @@ from kalpla_core.identity.models import (
     User,
     UserIdentity,
 )
-from kalpla_core.identity.passwords import verify_password
-from kalpla_core.identity.sessions import revoke_all_sessions
+from kalpla_core.identity.sessions import Client, revoke_all_sessions
 from kalpla_core.institutions.models import Institution
 from kalpla_core.jobs.models import Job
 from kalpla_core.mail.models import OutboxMessage
@@ -189,33 +190,21 @@ def recently_logged_in(session: Session, user_id: str, session_id: str | None) -
     return started is not None and utcnow() - started <= RECENT_LOGIN
 
 
-def confirm_identity(user: User, password: str | None, recent_login: bool) -> None:
-    """403 unless the caller proves again that they are the user."""
+def delete_account(session: Session, kalpla: Kalpla, user: User, *, password: str | None,
+                   recent_login: bool, client: Client) -> None:
+    """Check that the caller is the user (their password, or a recent login), then erase the
+    account. A wrong password counts towards the lockout and is audited like any other; a
+    failure while erasing leaves everything as it was and answers 500."""
     if password is not None:
-        if not verify_password(user.password_hash, password):
-            raise APIError(403, "The password is wrong.", "reauthentication-failed")
-        return
-    if not recent_login:
+        if not confirm_password(session, kalpla, user, password, client, "account.delete"):
+            session.commit()  # keep the failure count and its audit event
+            raise wrong_password()
+    elif not recent_login:
         raise APIError(403, "Give your password, or log in again and retry within "
                        f"{int(RECENT_LOGIN.total_seconds() // 60)} minutes.",
                        "reauthentication-required")
-
-
-def delete_account(session: Session, kalpla: Kalpla, user: User, *, password: str | None,
-                   recent_login: bool, ip: str = "", request_id: str = "") -> None:
-    """Check that the caller is the user, then erase the account. A wrong password is
-    recorded (and committed, since the refusal rolls the request back); a failure while
-    erasing leaves everything as it was and answers 500."""
     try:
-        confirm_identity(user, password, recent_login)
-    except APIError as exc:
-        if exc.code == "reauthentication-failed":
-            record(session, "user.delete_refused", actor_id=user.id, target_type="user",
-                   target_id=user.id, ip=ip, request_id=request_id)
-            session.commit()
-        raise
-    try:
-        erase_user(session, kalpla, user, request_id=request_id)
+        erase_user(session, kalpla, user, request_id=client.request_id)
     except APIError:
         raise
     except Exception:
@@ -265,6 +254,8 @@ def erase_user(session: Session, kalpla: Kalpla, user: User, *, request_id: str 
     session.execute(update(RefreshToken).where(RefreshToken.user_id == user.id)
                     .values(user_agent="", ip=""))
     revoke_keys_of(session, user.id)
+    session.execute(delete(LoginThrottle).where(
+        LoginThrottle.key_hash == throttle.account_key(kalpla.settings.secret_key, email)))
     session.execute(delete(OutboxMessage).where(func.lower(OutboxMessage.to) == email))
     _anonymise_audit(session, user.id, email)
 

@@ -12,6 +12,7 @@ from kalpla_core.context import current_principal, db_session, kalpla, request_m
 from kalpla_core.http.api import Blueprint
 from kalpla_core.http.problems import APIError
 from kalpla_core.identity import privacy
+from kalpla_core.identity.auth_routes import client
 from kalpla_core.identity.authn import Principal
 
 blp = Blueprint("privacy", __name__, url_prefix="/api/v1/me",
@@ -82,5 +83,5 @@ class Account(MethodView):
                   and privacy.recently_logged_in(session, principal.user.id,
                                                  principal.credential_id))
         privacy.delete_account(session, kalpla(), principal.user, password=data["password"],
-                               recent_login=recent, **request_meta())
+                               recent_login=recent, client=client())
         return None

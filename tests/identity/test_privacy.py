@@ -16,6 +16,7 @@ from kalpla_core.hookspecs import hookimpl
 from kalpla_core.identity.models import (
     APIKey,
     EmailToken,
+    LoginThrottle,
     Membership,
     RecoveryCode,
     RefreshToken,
@@ -145,6 +146,8 @@ def test_delete_erases_everything_and_nothing_authenticates(app, client, factori
     factories.user(roles={school: ["admin"]})  # so that Ada is not the last admin
     secrets = _populate(app, factories, db, user, school, client)
     old_token = factories.auth(user)
+    client.post("/api/v1/auth/token", json={"email": "ada@example.test", "password": "nope"})
+    assert db.scalar(select(func.count()).select_from(LoginThrottle)) == 1
 
     r = client.delete("/api/v1/me", json={"password": PASSWORD}, headers=secrets["headers"])
     assert r.status_code == 204, r.get_data(as_text=True)
@@ -165,6 +168,7 @@ def test_delete_erases_everything_and_nothing_authenticates(app, client, factori
         assert db.scalar(select(func.count()).select_from(model)
                          .where(model.user_id == user.id)) == 0
     assert db.scalar(select(APIKey.revoked_at).where(APIKey.created_by == user.id)) is not None
+    assert db.scalar(select(func.count()).select_from(LoginThrottle)) == 0
     assert db.scalar(select(func.count()).select_from(OutboxMessage)
                      .where(OutboxMessage.to == "ada@example.test")) == 0
     sessions = db.scalars(select(RefreshToken).where(RefreshToken.user_id == user.id)).all()
@@ -188,9 +192,11 @@ def test_delete_needs_the_password_or_a_recent_login(app, client, factories, db)
     _problem(client.delete("/api/v1/me", json={}, headers=factories.auth(user)), 403)
     body = _problem(client.delete("/api/v1/me", json={"password": "wrong password!"},
                                   headers=factories.auth(user)), 403)
-    assert body["type"].endswith("reauthentication-failed")
+    assert body["type"].endswith("invalid-credentials")
+    # The failure is recorded, and counts towards the account's lockout.
     assert db.scalar(select(AuditEvent.action).where(AuditEvent.actor_id == user.id)) == \
-        "user.delete_refused"
+        "account.delete.failed"
+    assert db.scalar(select(LoginThrottle.failures)) == 1
     # A session begun long ago is not a recent login.
     stale = _login(app, user)
     db.execute(RefreshToken.__table__.update().where(RefreshToken.user_id == user.id)
