@@ -12,14 +12,17 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import jwt
+import pyotp
 import pytest
 import requests
 from sqlalchemy import func, select
 
 from kalpla_core.audit.models import AuditEvent
 from kalpla_core.config import ConfigError, load_settings
+from kalpla_core.identity import mfa
 from kalpla_core.identity.federation.config import parse_oidc_providers
-from kalpla_core.identity.models import RefreshToken, User, UserIdentity
+from kalpla_core.identity.models import Membership, RefreshToken, User, UserIdentity
+from kalpla_core.identity.sessions import Client
 from tests.identity.oidc_provider import OIDCProvider, new_rsa_key, running_provider
 
 PROBLEM = "application/problem+json"
@@ -151,15 +154,40 @@ def test_verified_email_links_to_the_existing_account(client, factories, idp, db
     assert linked.actor_id == ann.id
 
 
-def test_unverified_email_never_links_to_an_existing_account(client, factories, idp, db):
-    factories.user(email="ann@example.test", verified=True)
+def test_unverified_email_is_refused_whether_or_not_an_account_has_it(client, factories,
+                                                                      idp, db):
     idp.next_user = {**idp.next_user, "email_verified": False}
-    body = _problem(_login(client), 409)
-    assert body["type"] == "urn:kalpla:problem:email-unverified"
+    alone = _problem(_login(client), 403)
+    assert alone["type"] == "urn:kalpla:problem:email-unverified"
+    assert db.scalar(select(func.count()).select_from(User)) == 0
+
+    factories.user(email="ann@example.test", verified=True)
+    existing = _problem(_login(client), 403)
+    assert {k: v for k, v in existing.items() if k != "request_id"} == \
+        {k: v for k, v in alone.items() if k != "request_id"}  # nothing to enumerate
     assert _identities(db) == []
     assert db.scalar(select(func.count()).select_from(RefreshToken)) == 0
-    failed = db.scalar(select(AuditEvent).where(AuditEvent.action == "login.failed"))
-    assert failed.data == {"method": "oidc:corp", "reason": "email-unverified"}
+    failed = db.scalars(select(AuditEvent).where(AuditEvent.action == "login.failed")).all()
+    assert [e.data for e in failed] == [{"method": "oidc:corp", "reason": "email-unverified"}] * 2
+
+
+def test_second_factor_is_still_asked(app, client, factories, idp, db):
+    ann = factories.user(email="ann@example.test", verified=True)
+    kalpla = app.extensions["kalpla"]
+    with kalpla.db.session() as s:
+        user = s.get(User, ann.id)
+        enrolment = mfa.begin_enrolment(s, kalpla, user, Client())
+        codes = mfa.confirm_enrolment(s, kalpla, user, pyotp.TOTP(enrolment.secret).now(),
+                                      Client())
+    r = _login(client)
+    assert r.status_code == 200, r.json
+    assert r.json["mfa_required"] is True and "access_token" not in r.json
+    assert db.scalar(select(func.count()).select_from(RefreshToken)) == 0
+    done = client.post("/api/v1/auth/token/mfa",
+                       json={"mfa_token": r.json["mfa_token"], "code": codes[0]})
+    assert done.status_code == 200, done.json
+    me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {done.json['access_token']}"})
+    assert me.json["id"] == ann.id
 
 
 def test_verified_email_does_not_link_to_an_unverified_account(client, factories, idp, db):
@@ -171,12 +199,34 @@ def test_verified_email_does_not_link_to_an_unverified_account(client, factories
     assert _identities(db) == []
 
 
-def test_unverified_email_creates_an_unverified_account(client, idp, db):
+def test_trust_email_covers_a_missing_claim_only(make_app, idp, db):
+    providers = {"corp": {"issuer": idp.issuer, "client_id": idp.client_id,
+                          "client_secret": idp.client_secret, "trust_email": True}}
+    client = make_app(plugins=[], oidc_providers=json.dumps(providers)).test_client()
     idp.next_user = {**idp.next_user, "email_verified": "false"}
-    r = _login(client)
-    assert r.status_code == 200, r.json
+    _problem(_login(client), 403)
+    idp.next_user = {k: v for k, v in idp.next_user.items() if k != "email_verified"}
+    assert _login(client).status_code == 200
+    assert db.scalar(select(User)).email_verified_at is not None
+
+
+def test_created_users_join_the_chosen_institution_as_students(client, factories, idp, db):
+    school = factories.institution("school")
+    _problem(client.get(START + "?institution=nowhere"), 404)
+    r = client.get(START + "?institution=school")
+    back = urlsplit(_authorize(r.headers["Location"]))
+    assert client.get(f"{back.path}?{back.query}").status_code == 200
     user = db.scalar(select(User))
-    assert user.email == "ann@example.test" and user.email_verified_at is None
+    assert set(db.scalars(select(Membership.role).where(
+        Membership.user_id == user.id, Membership.institution_id == school.id))) == {"student"}
+    assert db.query(Membership).count() == 1
+    # Without a choice: the default institution (or the Kalpla-Institution header's).
+    idp.next_user = {"sub": "corp-0002", "email": "bo@example.test", "email_verified": True}
+    assert _login(client).status_code == 200
+    bo = db.scalar(select(User).where(User.email == "bo@example.test"))
+    default = factories.default_institution()
+    assert [(m.institution_id, m.role) for m in db.scalars(
+        select(Membership).where(Membership.user_id == bo.id))] == [(default.id, "student")]
 
 
 def test_disabled_account_cannot_sign_in(client, factories, idp, db):
@@ -322,6 +372,8 @@ def test_provider_settings_are_validated(tmp_path):
         (json.dumps({"corp": {"preset": "google", "client_id": "id"}}), "client_secret"),
         (json.dumps({"corp": {"preset": "google", "scopes": ["email"], **base}}), "openid"),
         (json.dumps({"corp": {"preset": "google", "colour": "red", **base}}), "unknown keys"),
+        (json.dumps({"corp": {"preset": "facebook", "trust_email": "yes", **base}}),
+         "trust_email"),
     ]:
         with pytest.raises(ConfigError, match="KALPLA_OIDC_PROVIDERS") as info:
             parse_oidc_providers(bad)

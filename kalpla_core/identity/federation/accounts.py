@@ -1,9 +1,11 @@
 """Which Kalpla user an external identity is: an existing link, an account with the same
 verified email, or a user created just in time. No Flask here.
 
-An email links to an existing account only when the provider says it is verified AND the
-account's own address is verified: otherwise whoever registered an address first (without
-proving it) could be handed a stranger's account, or take it over later.
+An identity without a link is accepted only when the provider vouches for the email address
+(``email_verified``). It then links to the account holding that address, provided the
+account's own address is verified too, or creates one. Otherwise whoever first used an
+address without proving it (at a lax provider, or by registering here) could be handed a
+stranger's account, or keep a way into it once its owner claims it.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from sqlalchemy.orm import Session
 from kalpla_core.audit.service import record
 from kalpla_core.contract import UserRegistered
 from kalpla_core.db import utcnow
-from kalpla_core.identity.models import User, UserIdentity
+from kalpla_core.identity import mfa
+from kalpla_core.identity.models import Membership, User, UserIdentity
+from kalpla_core.identity.sessions import start_session
 
 if TYPE_CHECKING:
     from kalpla_core.app import Kalpla
+    from kalpla_core.identity.accounts import LoginResult
 
 
 @dataclass(frozen=True)
@@ -76,9 +81,10 @@ def linked_user(session: Session, provider: str, subject: str) -> User | None:
 
 
 def resolve_user(session: Session, kalpla: Kalpla, identity: ExternalIdentity, *,
-                 institution_id: str | None = None, ip: str = "",
-                 request_id: str = "") -> User:
-    """The user ``identity`` signs in as, linking or creating it when needed (audited)."""
+                 institution_id: str | None = None, make_student: bool = False,
+                 ip: str = "", request_id: str = "") -> User:
+    """The user ``identity`` signs in as, linking or creating it when needed (audited, in
+    ``institution_id``). With ``make_student``, a created user becomes a student there."""
     user = linked_user(session, identity.provider, identity.subject)
     if user is not None:
         return user
@@ -86,12 +92,13 @@ def resolve_user(session: Session, kalpla: Kalpla, identity: ExternalIdentity, *
     if email is None:
         raise LinkRefused("The identity provider did not share a usable email address.",
                           "email-required", 403)
+    # Refused alike whether or not an account holds the address: nothing to enumerate.
+    if not identity.email_verified:
+        raise LinkRefused("The identity provider does not vouch for your email address; "
+                          "register or sign in with a password instead.",
+                          "email-unverified", 403)
     existing = session.scalar(select(User).where(func.lower(User.email) == email))
     if existing is not None:
-        if not identity.email_verified:
-            raise LinkRefused("An account with this email exists, and the identity provider "
-                              "does not vouch for the address: sign in with your password.",
-                              "email-unverified", 409)
         if existing.email_verified_at is None:
             raise LinkRefused("An account with this email exists but its address was never "
                               "verified: verify it (or reset the password) first.",
@@ -100,9 +107,12 @@ def resolve_user(session: Session, kalpla: Kalpla, identity: ExternalIdentity, *
         action = "identity.linked"
     else:
         user = User(email=email, name=identity.name[:200], password_hash=None,
-                    email_verified_at=utcnow() if identity.email_verified else None)
+                    email_verified_at=utcnow())
         session.add(user)
         session.flush()
+        if make_student and institution_id is not None:
+            session.add(Membership(user_id=user.id, institution_id=institution_id,
+                                   role="student"))
         action = "user.provisioned"
         kalpla.emit(session, "kalpla_user_registered", UserRegistered(
             institution_id=institution_id, occurred_at=datetime.now(UTC).isoformat(),
@@ -114,3 +124,15 @@ def resolve_user(session: Session, kalpla: Kalpla, identity: ExternalIdentity, *
            provider=identity.provider)
     session.flush()
     return user
+
+
+def sign_in(session: Session, kalpla: Kalpla, user: User, *, method: str, user_agent: str = "",
+            ip: str = "", request_id: str = "") -> LoginResult:
+    """What a login through an external provider answers: as for a password login, a
+    challenge when the account has a second factor (or must enrol one), else a session."""
+    if mfa.totp_enabled(session, user.id):
+        return mfa.issue_challenge(session, kalpla, user)
+    if mfa.required_by_policy(session, user):
+        return mfa.issue_enrolment(session, kalpla, user)
+    return start_session(session, kalpla, user, method=method, user_agent=user_agent, ip=ip,
+                         request_id=request_id)

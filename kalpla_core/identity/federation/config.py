@@ -4,7 +4,8 @@
 provider name to ``{"preset": "google"}`` or ``{"issuer": "https://…"}`` plus ``client_id``,
 ``client_secret`` and optionally ``scopes``, explicit endpoints (``authorization_endpoint``,
 ``token_endpoint``, ``jwks_uri``; when any is missing the issuer's discovery document supplies
-it) and ``token_endpoint_auth_method`` (``client_secret_basic`` or ``client_secret_post``).
+it), ``token_endpoint_auth_method`` (``client_secret_basic`` or ``client_secret_post``) and
+``trust_email`` (treat the address as verified when the ID token does not say).
 
 ``KALPLA_COGNITO_USER_POOLS``: a JSON list of pools (or one pool object, or a file path):
 ``region``, ``user_pool_id``, ``client_ids``, and optionally ``token_use`` (``["access",
@@ -54,6 +55,9 @@ class OIDCProvider:
     token_endpoint_auth_method: str = "client_secret_basic"  # noqa: S105 (a method name)
     # Other spellings of the issuer the provider puts in ``iss`` (Google uses two).
     issuer_aliases: tuple[str, ...] = ()
+    # Treat the email as verified when the ID token has no ``email_verified`` claim: only
+    # for providers known to hand out confirmed addresses only.
+    trust_email: bool = False
     preset: str | None = None
 
     def __str__(self) -> str:
@@ -79,8 +83,9 @@ PRESETS: Mapping[str, Mapping[str, Any]] = {
         "scopes": ("openid", "email", "profile"),
         "token_endpoint_auth_method": "client_secret_post",
     },
-    # Facebook Login's OIDC authorization-code flow with PKCE; its ID tokens carry no
-    # ``email_verified``, so a Facebook email never links to an existing account.
+    # Facebook Login's OIDC authorization-code flow with PKCE. Its ID tokens carry no
+    # ``email_verified``: unless the deployment sets ``trust_email``, Facebook sign-ins are
+    # refused (an unverified address neither links nor creates an account).
     "facebook": {
         "issuer": "https://www.facebook.com",
         "authorization_endpoint": "https://www.facebook.com/v19.0/dialog/oauth",
@@ -101,7 +106,7 @@ PRESETS: Mapping[str, Mapping[str, Any]] = {
 
 _OIDC_KEYS = {"preset", "issuer", "client_id", "client_secret", "scopes",
               "authorization_endpoint", "token_endpoint", "jwks_uri",
-              "token_endpoint_auth_method"}
+              "token_endpoint_auth_method", "trust_email"}
 
 
 @dataclass(frozen=True)
@@ -225,6 +230,10 @@ def _oidc_provider(name: str, spec: Any) -> OIDCProvider:
             raise ConfigError(f"{where}: token_endpoint_auth_method must be one of "
                               f"{', '.join(AUTH_METHODS)}")
         values["token_endpoint_auth_method"] = method
+    if "trust_email" in spec:
+        if not isinstance(spec["trust_email"], bool):
+            raise ConfigError(f"{where}: trust_email must be true or false")
+        values["trust_email"] = spec["trust_email"]
     return OIDCProvider(name=name, client_id=_text(where, "client_id", spec.get("client_id")),
                         client_secret=_text(where, "client_secret", spec.get("client_secret")),
                         preset=preset_name, **values)

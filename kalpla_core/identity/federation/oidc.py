@@ -49,6 +49,12 @@ class OIDCError(Exception):
 
 
 @dataclass(frozen=True)
+class CompletedLogin:
+    identity: ExternalIdentity
+    institution_id: str | None  # where a user created by this login becomes a student
+
+
+@dataclass(frozen=True)
 class Endpoints:
     authorization: str
     token: str
@@ -89,7 +95,7 @@ class OIDCService:
 
     # --- the two legs of the flow ---------------------------------------------------------
 
-    def begin(self, name: str) -> tuple[str, str]:
+    def begin(self, name: str, institution_id: str | None = None) -> tuple[str, str]:
         """The provider's authorization URL and the sealed flow state (for the cookie)."""
         provider = self.provider(name)
         endpoints = self.endpoints(provider)
@@ -99,11 +105,12 @@ class OIDCService:
             url, _ = client.create_authorization_url(
                 endpoints.authorization, state=state, code_verifier=verifier, nonce=nonce)
         sealed = self._fernet.encrypt(json.dumps(
-            {"p": name, "s": state, "n": nonce, "v": verifier}).encode()).decode()
+            {"p": name, "s": state, "n": nonce, "v": verifier, "i": institution_id}
+        ).encode()).decode()
         return url, sealed
 
     def finish(self, name: str, sealed: str | None,
-               params: Mapping[str, str]) -> ExternalIdentity:
+               params: Mapping[str, str]) -> CompletedLogin:
         """The verified identity the provider vouches for, from the callback's parameters."""
         provider = self.provider(name)
         flow = self._open(sealed)
@@ -126,10 +133,13 @@ class OIDCService:
         claims = self._verify_id_token(provider, endpoints, id_token, flow["n"])
         name_claim = claims.get("name") or " ".join(
             str(claims[k]) for k in ("given_name", "family_name") if claims.get(k))
-        return ExternalIdentity(provider=f"oidc:{name}", subject=str(claims["sub"]),
-                                email=claims.get("email"),
-                                email_verified=is_verified(claims.get("email_verified")),
-                                name=str(name_claim or ""))
+        verified = is_verified(claims["email_verified"]) if "email_verified" in claims \
+            else provider.trust_email
+        identity = ExternalIdentity(provider=f"oidc:{name}", subject=str(claims["sub"]),
+                                    email=claims.get("email"), email_verified=verified,
+                                    name=str(name_claim or ""))
+        institution = flow.get("i")
+        return CompletedLogin(identity, institution if isinstance(institution, str) else None)
 
     # --- pieces ---------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ that is cleared by the callback whatever its outcome."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from flask import Response, after_this_request, current_app, redirect, request
@@ -11,12 +12,14 @@ from flask.views import MethodView
 from marshmallow import EXCLUDE, Schema, fields
 
 from kalpla_core.audit.service import record
-from kalpla_core.context import db_session, kalpla, request_meta
+from kalpla_core.context import current_institution, db_session, kalpla, request_meta
 from kalpla_core.http.api import Blueprint
 from kalpla_core.http.problems import APIError
-from kalpla_core.identity.federation.accounts import LinkRefused, resolve_user
+from kalpla_core.identity.auth_schemas import TokenResponseSchema
+from kalpla_core.identity.federation.accounts import LinkRefused, resolve_user, sign_in
 from kalpla_core.identity.federation.oidc import FLOW_TTL, OIDCError, OIDCService
-from kalpla_core.identity.sessions import start_session
+from kalpla_core.institutions.models import Institution
+from kalpla_core.institutions.service import get_by_slug
 
 blp = Blueprint("oidc", __name__, url_prefix="/api/v1/auth/oidc",
                 description="Sign in with an external OpenID Connect provider (Google, "
@@ -27,6 +30,13 @@ FLOW_COOKIE = "kalpla_oidc"
 COOKIE_PATH = "/api/v1/auth/oidc/"
 
 
+class StartArgs(Schema):
+    institution = fields.String(load_default=None, metadata={
+        "description": "Slug of the institution an account created by this sign-in joins "
+                       "as a student (default: the `Kalpla-Institution` header's, or the "
+                       "default institution)."})
+
+
 class CallbackArgs(Schema):
     class Meta:
         unknown = EXCLUDE  # providers add their own parameters (scope, authuser, iss …)
@@ -34,13 +44,6 @@ class CallbackArgs(Schema):
     state = fields.String(load_default="")
     code = fields.String(load_default=None)
     error = fields.String(load_default=None)
-
-
-class TokenPairSchema(Schema):
-    access_token = fields.String(dump_only=True)
-    refresh_token = fields.String(dump_only=True)
-    expires_in = fields.Integer(dump_only=True)
-    token_type = fields.String(dump_only=True)
 
 
 def oidc_service() -> OIDCService:
@@ -59,12 +62,15 @@ def _problem(exc: OIDCError | LinkRefused) -> APIError:
 
 @blp.route("/<provider>/start")
 class Start(MethodView):
+    @blp.arguments(StartArgs, location="query")
     @blp.doc(responses={"302": {"description": "Redirect to the provider's sign-in page."},
-                        "404": {"description": "No such provider."}})
-    def get(self, provider: str) -> Response:
+                        "404": {"description": "No such provider or institution."}})
+    def get(self, args: dict[str, Any], provider: str) -> Response:
         """Start signing in with ``provider``: redirects to it (state, nonce and PKCE)."""
+        slug = args["institution"]
+        inst = get_by_slug(db_session(), slug) if slug else current_institution()
         try:
-            url, sealed = oidc_service().begin(provider)
+            url, sealed = oidc_service().begin(provider, inst.id)
         except OIDCError as exc:
             raise _problem(exc) from None
         response = redirect(url, 302)
@@ -78,13 +84,17 @@ class Start(MethodView):
 @blp.route("/<provider>/callback")
 class Callback(MethodView):
     @blp.arguments(CallbackArgs, location="query")
-    @blp.response(200, TokenPairSchema)
+    @blp.response(200, TokenResponseSchema)
     @blp.alt_response(401, description="State, code or ID token refused.")
-    @blp.alt_response(409, description="The email belongs to an account that cannot be "
-                                       "linked (unverified address).")
+    @blp.alt_response(403, description="The provider shares no email address, or does not "
+                                       "vouch for it (`email-unverified`).")
+    @blp.alt_response(409, description="The address belongs to an account whose own address "
+                                       "was never verified (`account-unverified`).")
     def get(self, args: dict[str, Any], provider: str) -> Any:
         """Where the provider sends the browser back: verifies the login, links or creates
-        the account (by a verified email), and answers a Kalpla token pair."""
+        the account (by a verified email; a created account joins the institution chosen at
+        the start as a student), and answers like `POST /auth/token`: a token pair, or an
+        MFA challenge (or enrolment token) when the account has or needs a second factor."""
 
         @after_this_request
         def _forget_flow(response: Response) -> Response:
@@ -95,10 +105,14 @@ class Callback(MethodView):
         session = db_session()
         meta = request_meta()
         try:
-            identity = oidc_service().finish(provider, request.cookies.get(FLOW_COOKIE),
-                                             {k: v for k, v in args.items() if v is not None})
-            user = resolve_user(session, kalpla(), identity, ip=meta["ip"],
-                                request_id=meta["request_id"])
+            login = oidc_service().finish(provider, request.cookies.get(FLOW_COOKIE),
+                                          {k: v for k, v in args.items() if v is not None})
+            institution_id = login.institution_id
+            if institution_id is not None and session.get(Institution, institution_id) is None:
+                institution_id = None  # removed since the login started
+            user = resolve_user(session, kalpla(), login.identity,
+                                institution_id=institution_id, make_student=True,
+                                ip=meta["ip"], request_id=meta["request_id"])
         except (OIDCError, LinkRefused) as exc:
             if exc.status != 404:
                 # The request's unit of work rolls back on errors: keep the audit record.
@@ -107,6 +121,7 @@ class Callback(MethodView):
                        method=f"oidc:{provider}", reason=exc.code)
                 session.commit()
             raise _problem(exc) from None
-        return start_session(session, kalpla(), user, method=f"oidc:{provider}",
-                             user_agent=request.user_agent.string, ip=meta["ip"],
-                             request_id=meta["request_id"])
+        result = sign_in(session, kalpla(), user, method=f"oidc:{provider}",
+                         user_agent=request.user_agent.string, ip=meta["ip"],
+                         request_id=meta["request_id"])
+        return asdict(result)
