@@ -20,7 +20,7 @@ from kalpla_core.identity.auth_schemas import (
     RefreshSchema,
     RegisterSchema,
     ResetPasswordSchema,
-    SessionTokensSchema,
+    TokenPairSchema,
     TokenRequestSchema,
     TokenResponseSchema,
     TokenSchema,
@@ -142,7 +142,7 @@ class Token(MethodView):
 class TokenMFA(MethodView):
     @rate_limit(per_ip("30/minute"))
     @blp.arguments(MFALoginSchema)
-    @blp.response(200, SessionTokensSchema)
+    @blp.response(200, TokenPairSchema)
     @blp.alt_response(401, description="Invalid challenge, or wrong or reused code.")
     def post(self, body: dict[str, Any]) -> Any:
         """Complete a login with the challenge token and a TOTP code or a recovery code
@@ -156,7 +156,7 @@ class TokenMFA(MethodView):
 class Refresh(MethodView):
     @rate_limit(per_ip("60/minute"))
     @blp.arguments(RefreshSchema)
-    @blp.response(200, SessionTokensSchema)
+    @blp.response(200, TokenPairSchema)
     @blp.alt_response(401, description="Invalid, expired or revoked refresh token.")
     @blp.alt_response(403, description="MFA enrolment is now required "
                                        "(`mfa-enrolment-required`).")

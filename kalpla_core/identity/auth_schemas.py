@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from marshmallow import Schema, fields, validate
 
 from kalpla_core.identity.policy import MAX_LENGTH
@@ -11,8 +13,17 @@ from kalpla_core.identity.policy import MAX_LENGTH
 _LOGIN_TEXT = validate.Length(max=1024)
 
 
+class Address(fields.Email):
+    """An e-mail address; surrounding white space, as pasted into forms, is dropped."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class RegisterSchema(Schema):
-    email = fields.Email(required=True, validate=validate.Length(max=320))
+    email = Address(required=True, validate=validate.Length(max=320))
     password = fields.String(required=True, load_only=True,
                              validate=validate.Length(max=MAX_LENGTH * 4),
                              metadata={"description": "12–128 characters, not a common "
@@ -40,7 +51,7 @@ class TokenResponseSchema(Schema):
     mfa_enrolment_token = fields.String()
 
 
-class SessionTokensSchema(Schema):
+class TokenPairSchema(Schema):
     access_token = fields.String(required=True)
     refresh_token = fields.String(required=True)
     token_type = fields.String(required=True)
@@ -63,7 +74,7 @@ class TokenSchema(Schema):
 
 
 class EmailSchema(Schema):
-    email = fields.Email(required=True, validate=validate.Length(max=320))
+    email = Address(required=True, validate=validate.Length(max=320))
 
 
 class ResetPasswordSchema(Schema):

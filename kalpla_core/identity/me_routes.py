@@ -21,7 +21,7 @@ from kalpla_core.identity.auth_schemas import (
     MFAStatusSchema,
     ProfilePatchSchema,
     SessionSchema,
-    SessionTokensSchema,
+    TokenPairSchema,
     TOTPCodeSchema,
     TOTPConfirmedSchema,
     TOTPDisableSchema,
@@ -79,7 +79,7 @@ class Profile(MethodView):
 class Password(MethodView):
     @rate_limit(per_user("5/minute"), per_ip("20/minute"))
     @blp.arguments(ChangePasswordSchema)
-    @blp.response(200, SessionTokensSchema)
+    @blp.response(200, TokenPairSchema)
     @blp.alt_response(403, description="The current password is wrong.")
     @blp.alt_response(422, description="The new password breaks the policy.")
     @blp.doc(security=BEARER)

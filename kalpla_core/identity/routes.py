@@ -27,5 +27,11 @@ class Me(MethodView):
     @blp.response(200, UserSchema)
     @blp.doc(security=[{"bearer": []}])
     def get(self) -> Any:
-        """The authenticated user."""
-        return current_user()
+        """The authenticated user, with an `ETag` for `If-Match` on `PATCH /me`."""
+        from kalpla_core.http.etag import conditional_get
+        from kalpla_core.identity.me_routes import profile_etag
+
+        user = current_user()
+        assert user is not None
+        conditional_get(profile_etag(user))
+        return user
