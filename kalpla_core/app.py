@@ -215,6 +215,8 @@ def _register_core(api: Api, kalpla: Kalpla) -> None:
     # Courses (issue 4): catalog, authoring and lifecycle.
     from kalpla_core.courses.routes import blp as courses_blp
     api.register_blueprint(courses_blp)
+    from kalpla_core.courses.structure_routes import blp as structure_blp
+    api.register_blueprint(structure_blp)
     init_jobs(api._app, kalpla)
     # Identity (issue 3): accounts, tokens, sessions, MFA; mail delivery job.
     from kalpla_core.identity.auth_routes import blp as auth_blp
