@@ -23,6 +23,7 @@ from kalpla_core.identity import mfa
 from kalpla_core.identity.federation.config import parse_oidc_providers
 from kalpla_core.identity.models import Membership, RefreshToken, User, UserIdentity
 from kalpla_core.identity.sessions import Client
+from kalpla_core.ratelimit import limiter_of
 from tests.identity.oidc_provider import OIDCProvider, new_rsa_key, running_provider
 
 PROBLEM = "application/problem+json"
@@ -38,11 +39,18 @@ def idp() -> Iterator[OIDCProvider]:
         yield provider
 
 
+def _oidc_app(make_app, idp: OIDCProvider, issuer: str | None = None, **options: Any):
+    providers = {"corp": {"issuer": issuer or idp.issuer, "client_id": idp.client_id,
+                          "client_secret": idp.client_secret, **options}}
+    app = make_app(plugins=[], oidc_providers=json.dumps(providers))
+    # Rate-limit counters may live in a shared Redis: start every test from zero.
+    limiter_of(app).reset()
+    return app
+
+
 @pytest.fixture
 def app(make_app, idp):
-    providers = {"corp": {"issuer": idp.issuer, "client_id": idp.client_id,
-                          "client_secret": idp.client_secret}}
-    return make_app(plugins=[], oidc_providers=json.dumps(providers))
+    return _oidc_app(make_app, idp)
 
 
 def _problem(response, status: int) -> dict[str, Any]:
@@ -200,9 +208,7 @@ def test_verified_email_does_not_link_to_an_unverified_account(client, factories
 
 
 def test_trust_email_covers_a_missing_claim_only(make_app, idp, db):
-    providers = {"corp": {"issuer": idp.issuer, "client_id": idp.client_id,
-                          "client_secret": idp.client_secret, "trust_email": True}}
-    client = make_app(plugins=[], oidc_providers=json.dumps(providers)).test_client()
+    client = _oidc_app(make_app, idp, trust_email=True).test_client()
     idp.next_user = {**idp.next_user, "email_verified": "false"}
     _problem(_login(client), 403)
     idp.next_user = {k: v for k, v in idp.next_user.items() if k != "email_verified"}
@@ -329,15 +335,24 @@ def test_provider_error_is_reported(client, idp):
     assert body["type"] == "urn:kalpla:problem:oidc-denied"
 
 
+def test_both_legs_are_rate_limited_per_ip(client, idp):
+    for _ in range(30):
+        assert client.get(START).status_code == 302
+    limited = _problem(client.get(START), 429)
+    assert limited["type"] == "urn:kalpla:problem:rate-limited"
+    assert int(client.get(START).headers["Retry-After"]) > 0
+    for _ in range(30):
+        _problem(client.get("/api/v1/auth/oidc/corp/callback?state=x&code=y"), 401)
+    _problem(client.get("/api/v1/auth/oidc/corp/callback?state=x&code=y"), 429)
+
+
 def test_unknown_provider_is_404(client):
     _problem(client.get("/api/v1/auth/oidc/nobody/start"), 404)
     _problem(client.get("/api/v1/auth/oidc/nobody/callback?state=x&code=y"), 404)
 
 
 def test_unreachable_or_misconfigured_provider_is_502(make_app, idp):
-    providers = {"corp": {"issuer": idp.issuer + "/elsewhere", "client_id": idp.client_id,
-                          "client_secret": idp.client_secret}}
-    app = make_app(plugins=[], oidc_providers=json.dumps(providers))
+    app = _oidc_app(make_app, idp, issuer=idp.issuer + "/elsewhere")
     body = _problem(app.test_client().get(START), 502)
     assert body["type"] == "urn:kalpla:problem:oidc-provider-unavailable"
 

@@ -20,12 +20,14 @@ from kalpla_core.identity.federation.accounts import LinkRefused, resolve_user, 
 from kalpla_core.identity.federation.oidc import FLOW_TTL, OIDCError, OIDCService
 from kalpla_core.institutions.models import Institution
 from kalpla_core.institutions.service import get_by_slug
+from kalpla_core.ratelimit import per_ip, rate_limit
 
 blp = Blueprint("oidc", __name__, url_prefix="/api/v1/auth/oidc",
                 description="Sign in with an external OpenID Connect provider (Google, "
                             "Facebook, LinkedIn or any OIDC issuer configured in "
                             "KALPLA_OIDC_PROVIDERS).")
 
+RATE = "30/minute"  # per client IP, for each of the two legs
 FLOW_COOKIE = "kalpla_oidc"
 COOKIE_PATH = "/api/v1/auth/oidc/"
 
@@ -62,6 +64,7 @@ def _problem(exc: OIDCError | LinkRefused) -> APIError:
 
 @blp.route("/<provider>/start")
 class Start(MethodView):
+    @rate_limit(per_ip(RATE))
     @blp.arguments(StartArgs, location="query")
     @blp.doc(responses={"302": {"description": "Redirect to the provider's sign-in page."},
                         "404": {"description": "No such provider or institution."}})
@@ -83,11 +86,13 @@ class Start(MethodView):
 
 @blp.route("/<provider>/callback")
 class Callback(MethodView):
+    @rate_limit(per_ip(RATE))
     @blp.arguments(CallbackArgs, location="query")
     @blp.response(200, TokenResponseSchema)
     @blp.alt_response(401, description="State, code or ID token refused.")
     @blp.alt_response(403, description="The provider shares no email address, or does not "
                                        "vouch for it (`email-unverified`).")
+    @blp.alt_response(429, description="Rate limited (`rate-limited`).")
     @blp.alt_response(409, description="The address belongs to an account whose own address "
                                        "was never verified (`account-unverified`).")
     def get(self, args: dict[str, Any], provider: str) -> Any:
