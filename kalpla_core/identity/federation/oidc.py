@@ -17,7 +17,7 @@ import secrets
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlparse
 
 import jwt
@@ -25,11 +25,25 @@ import requests
 from authlib.integrations.base_client import OAuthError
 from authlib.integrations.requests_client import OAuth2Session
 from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy.orm import Session
 
+from kalpla_core.audit.service import record
 from kalpla_core.crypto import derive_key
-from kalpla_core.identity.federation.accounts import ExternalIdentity, is_verified
+from kalpla_core.http.problems import APIError
+from kalpla_core.identity.federation.accounts import (
+    ExternalIdentity,
+    LinkRefused,
+    is_verified,
+    resolve_user,
+    sign_in,
+)
 from kalpla_core.identity.federation.config import LOOPBACK_HOSTS, OIDCProvider
 from kalpla_core.identity.federation.jwks import JWKSCache, JWKSError, signing_key
+from kalpla_core.institutions.models import Institution
+
+if TYPE_CHECKING:
+    from kalpla_core.app import Kalpla
+    from kalpla_core.identity.accounts import LoginResult
 
 log = logging.getLogger("kalpla.identity.federation")
 
@@ -249,3 +263,26 @@ class OIDCService:
             raise OIDCError("The identity provider is misconfigured.",
                             "oidc-provider-unavailable", 502)
         return meta
+
+
+def complete_login(session: Session, kalpla: Kalpla, service: OIDCService, name: str,
+                   sealed: str | None, params: Mapping[str, str], *, user_agent: str = "",
+                   ip: str = "", request_id: str = "") -> LoginResult:
+    """The callback's work: verify the login, find, link or create the user (a created user
+    becomes a student of the institution chosen at the start), and sign them in. A refusal
+    is audited (committed, as the request rolls back) and raised as an APIError."""
+    try:
+        login = service.finish(name, sealed, params)
+        institution_id = login.institution_id
+        if institution_id is not None and session.get(Institution, institution_id) is None:
+            institution_id = None  # removed since the login started
+        user = resolve_user(session, kalpla, login.identity, institution_id=institution_id,
+                            make_student=True, ip=ip, request_id=request_id)
+    except (OIDCError, LinkRefused) as exc:
+        if exc.status != 404:
+            record(session, "login.failed", target_type="oidc", target_id=name, ip=ip,
+                   request_id=request_id, method=f"oidc:{name}", reason=exc.code)
+            session.commit()
+        raise APIError(exc.status, exc.detail, exc.code) from None
+    return sign_in(session, kalpla, user, method=f"oidc:{name}", user_agent=user_agent, ip=ip,
+                   request_id=request_id)

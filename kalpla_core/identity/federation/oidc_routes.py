@@ -11,14 +11,11 @@ from flask import Response, after_this_request, current_app, redirect, request
 from flask.views import MethodView
 from marshmallow import EXCLUDE, Schema, fields
 
-from kalpla_core.audit.service import record
 from kalpla_core.context import current_institution, db_session, kalpla, request_meta
 from kalpla_core.http.api import Blueprint
 from kalpla_core.http.problems import APIError
 from kalpla_core.identity.auth_schemas import TokenResponseSchema
-from kalpla_core.identity.federation.accounts import LinkRefused, resolve_user, sign_in
-from kalpla_core.identity.federation.oidc import FLOW_TTL, OIDCError, OIDCService
-from kalpla_core.institutions.models import Institution
+from kalpla_core.identity.federation.oidc import FLOW_TTL, OIDCError, OIDCService, complete_login
 from kalpla_core.institutions.service import get_by_slug
 from kalpla_core.ratelimit import per_ip, rate_limit
 
@@ -58,16 +55,15 @@ def oidc_service() -> OIDCService:
     return service
 
 
-def _problem(exc: OIDCError | LinkRefused) -> APIError:
-    return APIError(exc.status, exc.detail, exc.code)
-
-
 @blp.route("/<provider>/start")
 class Start(MethodView):
     @rate_limit(per_ip(RATE))
     @blp.arguments(StartArgs, location="query")
     @blp.doc(responses={"302": {"description": "Redirect to the provider's sign-in page."},
-                        "404": {"description": "No such provider or institution."}})
+                        "404": {"description": "No such provider or institution."},
+                        "429": {"description": "Rate limited (`rate-limited`)."},
+                        "502": {"description": "The provider's discovery document cannot be "
+                                               "read (`oidc-provider-unavailable`)."}})
     def get(self, args: dict[str, Any], provider: str) -> Response:
         """Start signing in with ``provider``: redirects to it (state, nonce and PKCE)."""
         slug = args["institution"]
@@ -75,7 +71,7 @@ class Start(MethodView):
         try:
             url, sealed = oidc_service().begin(provider, inst.id)
         except OIDCError as exc:
-            raise _problem(exc) from None
+            raise APIError(exc.status, exc.detail, exc.code) from None
         response = redirect(url, 302)
         response.set_cookie(FLOW_COOKIE, sealed, max_age=FLOW_TTL, path=COOKIE_PATH,
                             secure=kalpla().settings.base_url.startswith("https:"),
@@ -93,6 +89,8 @@ class Callback(MethodView):
     @blp.alt_response(403, description="The provider shares no email address, or does not "
                                        "vouch for it (`email-unverified`).")
     @blp.alt_response(429, description="Rate limited (`rate-limited`).")
+    @blp.alt_response(502, description="The provider cannot be reached "
+                                       "(`oidc-provider-unavailable`).")
     @blp.alt_response(409, description="The address belongs to an account whose own address "
                                        "was never verified (`account-unverified`).")
     def get(self, args: dict[str, Any], provider: str) -> Any:
@@ -107,26 +105,9 @@ class Callback(MethodView):
             response.headers["Cache-Control"] = "no-store"
             return response
 
-        session = db_session()
         meta = request_meta()
-        try:
-            login = oidc_service().finish(provider, request.cookies.get(FLOW_COOKIE),
-                                          {k: v for k, v in args.items() if v is not None})
-            institution_id = login.institution_id
-            if institution_id is not None and session.get(Institution, institution_id) is None:
-                institution_id = None  # removed since the login started
-            user = resolve_user(session, kalpla(), login.identity,
-                                institution_id=institution_id, make_student=True,
-                                ip=meta["ip"], request_id=meta["request_id"])
-        except (OIDCError, LinkRefused) as exc:
-            if exc.status != 404:
-                # The request's unit of work rolls back on errors: keep the audit record.
-                record(session, "login.failed", target_type="oidc", target_id=provider,
-                       ip=meta["ip"], request_id=meta["request_id"],
-                       method=f"oidc:{provider}", reason=exc.code)
-                session.commit()
-            raise _problem(exc) from None
-        result = sign_in(session, kalpla(), user, method=f"oidc:{provider}",
-                         user_agent=request.user_agent.string, ip=meta["ip"],
-                         request_id=meta["request_id"])
+        result = complete_login(
+            db_session(), kalpla(), oidc_service(), provider, request.cookies.get(FLOW_COOKIE),
+            {k: v for k, v in args.items() if v is not None},
+            user_agent=request.user_agent.string, ip=meta["ip"], request_id=meta["request_id"])
         return asdict(result)
