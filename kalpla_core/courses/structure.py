@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from marshmallow import ValidationError
@@ -49,6 +49,9 @@ LESSON_FIELDS = ("title", "kind", "body", "video_url", "file_id", "duration_seco
 PROGRESS_FIELDS = ("kind", "is_required")
 MODULE_ORDER = [(Module.position, "asc"), (Module.id, "asc")]
 LESSON_ORDER = [(Lesson.position, "asc"), (Lesson.id, "asc")]
+# What listings show of a lesson (never its content).
+_SUMMARY_COLUMNS = ("id", "module_id", "course_id", "title", "kind", "position",
+                    "duration_seconds", "is_preview", "is_required", "version")
 
 T = TypeVar("T", Module, Lesson)
 
@@ -144,9 +147,6 @@ def lessons_statement(module: Module) -> Select[Any]:
     return (select(Lesson).where(Lesson.module_id == module.id)
             .options(load_only(*[getattr(Lesson, k) for k in _SUMMARY_COLUMNS])))
 
-
-_SUMMARY_COLUMNS = ("id", "module_id", "course_id", "title", "kind", "position",
-                    "duration_seconds", "is_preview", "is_required", "version")
 
 
 # --- positions and the structure version ------------------------------------------------------
@@ -513,8 +513,6 @@ class Outline:
 
     def digest(self) -> str:
         """Changes whenever anything the outline shows changes (its ETag)."""
-        from dataclasses import asdict
-
         payload = json.dumps([self.structure_version, [asdict(m) for m in self.modules]],
                              separators=(",", ":"), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
