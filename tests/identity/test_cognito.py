@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -235,7 +236,7 @@ def test_token_use_is_enforced(make_app, moto_pool, factories):
     assert "'access'" in body["detail"]
 
 
-def test_disabled_account_and_missing_institution_are_refused(client, moto_pool, factories,
+def test_disabled_deleted_account_and_missing_institution_are_refused(client, moto_pool, factories,
                                                               db):
     email = _unique_email()
     tokens = moto_pool.user(email)
@@ -243,9 +244,13 @@ def test_disabled_account_and_missing_institution_are_refused(client, moto_pool,
     factories.institution("school")
     r = client.get("/api/v1/me", headers=_bearer(tokens["id"]))
     assert r.status_code == 200
-    db.get(User, r.json["id"]).is_active = False
+    user = db.get(User, r.json["id"])
+    user.is_active = False
     db.commit()
     _refused(client.get("/api/v1/me", headers=_bearer(tokens["id"])))
+    user.is_active, user.deleted_at = True, datetime.now(UTC)
+    db.commit()
+    _refused(client.get("/api/v1/me", headers=_bearer(tokens["access"])))
 
 
 def test_tokens_stay_out_of_logs(client, moto_pool, school, caplog):
@@ -301,9 +306,15 @@ def test_a_well_signed_token_is_accepted(signed_app, key_set):
     assert r.json["email"] == "lee@example.test"
 
 
-@pytest.mark.parametrize("case", [
-    "bad-signature", "wrong-issuer", "wrong-audience", "wrong-client", "expired",
-    "no-token-use", "refresh-token-use", "hs256", "alg-none", "unknown-kid", "malformed"])
+DEFECTS = {  # case -> what the refusal says
+    "bad-signature": "invalid", "wrong-issuer": "not recognised",
+    "wrong-audience": "another app client", "wrong-client": "another app client",
+    "expired": "expired", "no-token-use": "invalid", "refresh-token-use": "'refresh'",
+    "hs256": "invalid", "alg-none": "invalid", "unknown-kid": "invalid",
+    "malformed": "not recognised"}
+
+
+@pytest.mark.parametrize("case", sorted(DEFECTS))
 def test_defective_tokens_are_refused(signed_app, key_set, case):
     sign = key_set.sign
     token = {
@@ -324,7 +335,7 @@ def test_defective_tokens_are_refused(signed_app, key_set, case):
         "unknown-kid": lambda: sign(_claims(), "key-z", key=new_rsa_key()),
         "malformed": lambda: "not.a.jwt",
     }[case]()
-    _refused(_me(signed_app, token))
+    assert DEFECTS[case] in _refused(_me(signed_app, token))["detail"]
     with signed_app.extensions["kalpla"].db.session() as s:
         assert s.scalar(select(User)) is None
 
