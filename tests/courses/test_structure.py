@@ -13,6 +13,7 @@ from sqlalchemy import select
 from kalpla_core.contract import LessonChanged, LessonKind, PluginMeta
 from kalpla_core.courses.models import Course, Lesson, Module
 from kalpla_core.hookspecs import hookimpl
+from kalpla_core.http.problems import APIError
 from kalpla_core.testing import Factories
 from tests.courses.structure_support import (
     World,
@@ -164,9 +165,9 @@ def test_stale_order_loses_a_race_at_the_database(app, client, factories):
     with kalpla.db.session() as second:
         course = second.get(Course, course_id)
         assert course is not None
-        with pytest.raises(Exception) as exc:
+        with pytest.raises(APIError) as exc:
             structure.reorder_modules(second, course, ids, seen)
-        assert getattr(exc.value, "status", None) == 412
+        assert exc.value.status == 412
     assert list(_titles(app, course_id)) == ["B", "A"]
 
 
