@@ -27,6 +27,7 @@ from tests.identity.accounts_support import (
     bearer,
     fast_hashing,
     token_in,
+    totp_now,
     without_request_id,
 )
 
@@ -345,3 +346,35 @@ def test_disabled_or_deleted_accounts_cannot_authenticate_by_any_route(accounts,
     assert accounts.client.post("/api/v1/auth/password/forgot",
                                 json={"email": "ned@example.test"}).status_code == 202
     assert len(accounts.mails("ned@example.test")) == before
+
+
+def test_the_whole_path_over_http(accounts):
+    """Register, verify, log in, enable TOTP, log in with a code, refresh, reuse an old
+    refresh token (its session dies), reset the password (every session dies)."""
+    assert accounts.register("pia@example.test").status_code == 201
+    assert accounts.login("pia@example.test").status_code == 403
+    assert accounts.verify("pia@example.test").status_code == 204
+    first = accounts.tokens("pia@example.test")
+    secret, _codes = accounts.enable_totp(first["access_token"])
+
+    challenge = accounts.login("pia@example.test").json
+    assert challenge["mfa_required"] is True
+    second = accounts.client.post("/api/v1/auth/token/mfa", json={
+        "mfa_token": challenge["mfa_token"], "code": totp_now(secret, steps=1)}).json
+    refreshed = accounts.refresh(second["refresh_token"])
+    assert refreshed.status_code == 200
+    assert accounts.refresh(second["refresh_token"]).status_code == 401  # reuse
+    assert accounts.refresh(refreshed.json["refresh_token"]).status_code == 401  # family gone
+    other = accounts.refresh(first["refresh_token"])  # another session lives on
+    assert other.status_code == 200
+
+    accounts.client.post("/api/v1/auth/password/forgot", json={"email": "pia@example.test"})
+    token = token_in(accounts.mails("pia@example.test", "password_reset")[-1].body_text,
+                     "reset-password")
+    assert accounts.client.post("/api/v1/auth/password/reset", json={
+        "token": token, "password": NEW_PASSWORD}).status_code == 204
+    for old in (first, second, refreshed.json, other.json):
+        assert accounts.me(old["access_token"]).status_code == 401
+    assert accounts.refresh(other.json["refresh_token"]).status_code == 401
+    # TOTP stays on after a reset: the new password alone does not sign in.
+    assert accounts.login("pia@example.test", NEW_PASSWORD).json["mfa_required"] is True
