@@ -26,6 +26,19 @@ class ConfigError(ValueError):
 SECRET_SETTINGS = frozenset({"secret_key", "database_url", "redis_url", "celery_broker_url",
                              "smtp_url"})
 
+# Content types accepted for uploads unless KALPLA_UPLOAD_TYPES says otherwise: images, audio,
+# video, PDF, office documents, plain text and archives. Types a browser would run as a page
+# or script (text/html, image/svg+xml) are left out on purpose.
+DEFAULT_UPLOAD_TYPES = (
+    "image/png", "image/jpeg", "image/gif", "image/webp",
+    "video/mp4", "video/webm", "audio/mpeg", "audio/mp4", "audio/ogg", "application/pdf",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "text/plain", "text/markdown", "text/csv", "application/zip",
+)
+_MEDIA_TYPE_RE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/([a-z0-9][a-z0-9!#$&^_.+-]{0,63}|\*)")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -38,10 +51,17 @@ class Settings:
     celery_queue: str = "kalpla"
     storage: str = "local"
     s3_bucket: str | None = None
+    s3_sse: str = "AES256"
+    s3_kms_key_id: str | None = None
+    max_upload_bytes: int = 100 * 1024 * 1024
+    upload_types: tuple[str, ...] = DEFAULT_UPLOAD_TYPES
     mail: str = "outbox"
     smtp_url: str | None = None
     aws_region: str | None = None
     aws_endpoint_url: str | None = None
+    aws_max_attempts: int = 3
+    aws_connect_timeout: int = 5
+    aws_read_timeout: int = 30
     cors_origins: tuple[str, ...] = ()
     max_content_length: int = 16 * 1024 * 1024
     access_token_ttl: int = 900
@@ -111,6 +131,18 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | N
     return value
 
 
+def _upload_types(env: Mapping[str, str]) -> tuple[str, ...]:
+    raw = env.get("KALPLA_UPLOAD_TYPES")
+    if raw is None or not raw.strip():
+        return DEFAULT_UPLOAD_TYPES
+    types = tuple(dict.fromkeys(t.strip().lower() for t in raw.split(",") if t.strip()))
+    for media_type in types:
+        if not _MEDIA_TYPE_RE.fullmatch(media_type):
+            raise ConfigError("KALPLA_UPLOAD_TYPES entries must be media types such as "
+                              f"image/png, or type/* for a whole family; got {media_type!r}")
+    return types
+
+
 def _secret_key(env: Mapping[str, str], instance_path: Path) -> str:
     value = env.get("KALPLA_SECRET_KEY")
     if value:
@@ -167,6 +199,10 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
     s3_bucket = env.get("KALPLA_S3_BUCKET") or None
     if storage == "s3" and not s3_bucket:
         raise ConfigError("KALPLA_S3_BUCKET is required when KALPLA_STORAGE is s3")
+    s3_sse = _choice(env, "KALPLA_S3_SSE", "AES256", ("AES256", "aws:kms"))
+    s3_kms_key_id = env.get("KALPLA_S3_KMS_KEY_ID") or None
+    if s3_kms_key_id and s3_sse != "aws:kms":
+        raise ConfigError("KALPLA_S3_KMS_KEY_ID is only used with KALPLA_S3_SSE=aws:kms")
     mail = _choice(env, "KALPLA_MAIL", "outbox", ("outbox", "smtp"))
     smtp_url = _url(env, "KALPLA_SMTP_URL", ("smtp", "smtps"))
     if mail == "smtp" and not smtp_url:
@@ -201,10 +237,17 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
         celery_queue=celery_queue,
         storage=storage,
         s3_bucket=s3_bucket,
+        s3_sse=s3_sse,
+        s3_kms_key_id=s3_kms_key_id,
+        max_upload_bytes=_int(env, "KALPLA_MAX_UPLOAD_BYTES", 100 * 1024 * 1024),
+        upload_types=_upload_types(env),
         mail=mail,
         smtp_url=smtp_url,
         aws_region=env.get("KALPLA_AWS_REGION") or None,
         aws_endpoint_url=_url(env, "KALPLA_AWS_ENDPOINT_URL", ("http", "https")),
+        aws_max_attempts=_int(env, "KALPLA_AWS_MAX_ATTEMPTS", 3),
+        aws_connect_timeout=_int(env, "KALPLA_AWS_CONNECT_TIMEOUT", 5),
+        aws_read_timeout=_int(env, "KALPLA_AWS_READ_TIMEOUT", 30),
         cors_origins=cors,
         max_content_length=_int(env, "KALPLA_MAX_CONTENT_LENGTH", 16 * 1024 * 1024),
         access_token_ttl=_int(env, "KALPLA_ACCESS_TOKEN_TTL", 900, minimum=30),
