@@ -298,7 +298,7 @@ def test_create_admin_prompts_for_missing_options(kalpla_cli, session):
     result = kalpla_cli("users", "create-admin", input=answers)
     assert result.exit_code == 0, result.output
     assert "'not-an-email' is not an email address" in result.output
-    assert "must be at least 12 characters long" in result.output
+    assert "Use at least 12 characters." in result.output
     assert "Repeat for confirmation" in result.output
     assert "a long enough password" not in result.output  # hidden input is not echoed
     user = session.scalar(select(User).where(User.email == "root@example.com"))
@@ -320,7 +320,18 @@ def test_create_admin_refuses_a_short_password_option(kalpla_cli, session):
     result = kalpla_cli("users", "create-admin", "--email", "a@example.com",
                         "--password", "too-short", "--name", "A")
     assert result.exit_code == 2
-    assert "must be at least 12 characters long" in result.output
+    assert "Use at least 12 characters." in result.output
+    assert _count(session, User.id) == 0
+
+
+def test_create_admin_refuses_a_common_password(kalpla_cli, session):
+    from kalpla_core.identity.policy import MIN_LENGTH, common_passwords
+
+    common = next(p for p in sorted(common_passwords()) if len(p) >= MIN_LENGTH)
+    result = kalpla_cli("users", "create-admin", "--email", "a@example.com",
+                        "--password", common, "--name", "A")
+    assert result.exit_code == 2
+    assert common not in result.output  # the password is never echoed
     assert _count(session, User.id) == 0
 
 

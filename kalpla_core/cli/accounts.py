@@ -8,8 +8,7 @@ from sqlalchemy.orm import Session
 from kalpla_core.db import utcnow
 from kalpla_core.identity.models import User
 from kalpla_core.identity.passwords import hash_password
-
-ADMIN_PASSWORD_MIN_LENGTH = 12
+from kalpla_core.identity.policy import password_problems
 
 
 class AccountExists(Exception):
@@ -30,9 +29,10 @@ def create_platform_admin(session: Session, email: str, password: str, name: str
     email = normalise_email(email)
     if email_taken(session, email):
         raise AccountExists(f"A user with the email {email} exists already.")
-    if len(password) < ADMIN_PASSWORD_MIN_LENGTH:
-        raise ValueError(f"The password must be at least {ADMIN_PASSWORD_MIN_LENGTH} "
-                         "characters long.")
+    problems = password_problems(password, email=email, name=name)
+    if problems:
+        # The same policy as every other account: length and the common-password list.
+        raise ValueError(" ".join(problems))
     user = User(email=email, name=name, password_hash=hash_password(password),
                 is_platform_admin=True, email_verified_at=utcnow())
     session.add(user)

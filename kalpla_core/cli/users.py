@@ -9,13 +9,14 @@ from flask.cli import AppGroup
 from marshmallow import ValidationError, validate
 
 from kalpla_core.cli.accounts import (
-    ADMIN_PASSWORD_MIN_LENGTH,
     AccountExists,
     create_platform_admin,
     email_taken,
     normalise_email,
 )
 from kalpla_core.cli.group import kalpla
+from kalpla_core.identity.policy import MIN_LENGTH as ADMIN_PASSWORD_MIN_LENGTH
+from kalpla_core.identity.policy import password_problems
 
 
 class Email(click.ParamType):
@@ -36,9 +37,9 @@ class Password(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> str:
-        if len(str(value)) < ADMIN_PASSWORD_MIN_LENGTH:
-            self.fail(f"must be at least {ADMIN_PASSWORD_MIN_LENGTH} characters long",
-                      param, ctx)
+        problems = password_problems(str(value))
+        if problems:
+            self.fail(" ".join(problems), param, ctx)
         return str(value)
 
 

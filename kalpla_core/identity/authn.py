@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kalpla_core.identity.models import User
+from kalpla_core.identity.models import RefreshToken, User
 from kalpla_core.identity.tokens import TokenError
 
 if TYPE_CHECKING:
@@ -73,7 +74,18 @@ class KalplaTokenAuthenticator:
         user = active_user(session, claims["sub"])
         if claims.get("gen") != user.token_generation:
             raise AuthenticationError("The access token has been revoked.")
-        return Principal(user=user, method="token", credential_id=claims.get("sid"))
+        sid = claims.get("sid")
+        if sid is not None and not _session_live(session, user.id, sid):
+            # Logout and session revocation end the access tokens of that session at once,
+            # not when they expire: one indexed lookup per request.
+            raise AuthenticationError("The session has ended.")
+        return Principal(user=user, method="token", credential_id=sid)
+
+
+def _session_live(session: Session, user_id: str, family_id: str) -> bool:
+    return session.scalar(select(RefreshToken.id).where(
+        RefreshToken.family_id == family_id, RefreshToken.user_id == user_id,
+        RefreshToken.revoked_at.is_(None)).limit(1)) is not None
 
 
 def authenticate(session: Session, kalpla: Kalpla,

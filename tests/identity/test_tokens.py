@@ -107,6 +107,9 @@ def test_logout_ends_the_current_session_only(accounts):
     resp = accounts.client.post("/api/v1/auth/logout", headers=bearer(ended["access_token"]))
     assert resp.status_code == 204
     assert accounts.refresh(ended["refresh_token"]).status_code == 401
+    # The ended session's access token stops working at once, the other session's does not.
+    assert accounts.me(ended["access_token"]).status_code == 401
+    assert accounts.me(kept["access_token"]).status_code == 200
     assert accounts.refresh(kept["refresh_token"]).status_code == 200
 
 
