@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 import kalpla_core.models  # noqa: F401  (every core table on the metadata)
-from kalpla_core.config import Settings, load_settings
+from kalpla_core.config import ConfigError, Settings, load_settings
 from kalpla_core.contract import Event
 from kalpla_core.courses.kinds import LessonKindRegistry
 from kalpla_core.db import Database, queue_after_commit
@@ -217,6 +217,9 @@ def _register_core(api: Api, kalpla: Kalpla) -> None:
     api.register_blueprint(courses_blp)
     from kalpla_core.courses.structure_routes import blp as structure_blp
     api.register_blueprint(structure_blp)
+    # Enrollment (issue 5): enrolling, rosters, waitlist offers, bulk enrollment.
+    from kalpla_core.enrollment.routes import blp as enrollment_blp
+    api.register_blueprint(enrollment_blp)
     init_jobs(api._app, kalpla)
     # Identity (issue 3): accounts, tokens, sessions, MFA; mail delivery job.
     from kalpla_core.identity.auth_routes import blp as auth_blp
@@ -225,6 +228,19 @@ def _register_core(api: Api, kalpla: Kalpla) -> None:
     api.register_blueprint(auth_blp)
     api.register_blueprint(me_blp)
     register_mail_jobs(kalpla)
+    # Enrollment (issue 5): learning events and progress; recomputation after lesson changes.
+    from kalpla_core.enrollment.progress import register_progress_jobs
+    from kalpla_core.enrollment.progress_routes import blp as progress_blp
+    api.register_blueprint(progress_blp)
+    register_progress_jobs(kalpla)
+
+
+def _check_selected_provider(kalpla: Kalpla, port: str, settings_value: str,
+                             variable: str) -> None:
+    known = kalpla.providers.names(port)
+    if settings_value not in known:
+        raise ConfigError(f"{variable} names {settings_value!r}, which no loaded plugin "
+                          f"provides (known: {', '.join(known) or 'none'})")
 
 
 def _register_plugins(app: Flask, api: Api, kalpla: Kalpla) -> None:
@@ -249,5 +265,7 @@ def _register_plugins(app: Flask, api: Api, kalpla: Kalpla) -> None:
         init_plugin_routes(app, api, kalpla)
     except (ValueError, TypeError) as exc:
         raise PluginError(str(exc)) from exc
+    _check_selected_provider(kalpla, "mail", settings_value=kalpla.settings.mail,
+                             variable="KALPLA_MAIL")
     pm.call_each("kalpla_startup", app=app)
     log.debug("kalpla %s started with plugins %s", __version__, pm.names)

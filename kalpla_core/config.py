@@ -203,7 +203,11 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
     s3_kms_key_id = env.get("KALPLA_S3_KMS_KEY_ID") or None
     if s3_kms_key_id and s3_sse != "aws:kms":
         raise ConfigError("KALPLA_S3_KMS_KEY_ID is only used with KALPLA_S3_SSE=aws:kms")
-    mail = _choice(env, "KALPLA_MAIL", "outbox", ("outbox", "smtp"))
+    # Any provider of the mail port (a plugin may add one, e.g. ses); the app checks at
+    # start-up that a loaded plugin provides it.
+    mail = env.get("KALPLA_MAIL") or "outbox"
+    if not re.match(r"^[a-z][a-z0-9_]*$", mail):
+        raise ConfigError(f"KALPLA_MAIL must be a mail provider name; got {mail!r}")
     smtp_url = _url(env, "KALPLA_SMTP_URL", ("smtp", "smtps"))
     if mail == "smtp" and not smtp_url:
         raise ConfigError("KALPLA_SMTP_URL is required when KALPLA_MAIL is smtp")

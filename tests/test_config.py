@@ -30,6 +30,7 @@ def test_secret_key_generated_once_and_private(tmp_path):
     ({"KALPLA_DATABASE_URL": "mysql://x"}, "KALPLA_DATABASE_URL"),
     ({"KALPLA_SECRET_KEY": "short"}, "KALPLA_SECRET_KEY"),
     ({"KALPLA_STORAGE": "ftp"}, "KALPLA_STORAGE"),
+    ({"KALPLA_MAIL": "Not A Name"}, "KALPLA_MAIL"),
     ({"KALPLA_STORAGE": "s3"}, "KALPLA_S3_BUCKET"),
     ({"KALPLA_MAIL": "smtp"}, "KALPLA_SMTP_URL"),
     ({"KALPLA_SMTP_URL": "http://mail"}, "KALPLA_SMTP_URL"),
@@ -50,6 +51,12 @@ def test_invalid_settings_name_the_variable(tmp_path, env, names):
 def test_invalid_settings_stop_the_app_factory(tmp_path):
     with pytest.raises(ConfigError, match="KALPLA_STORAGE"):
         create_app({"instance_path": str(tmp_path), "storage": "floppy"})
+
+
+def test_mail_provider_must_be_provided_by_a_loaded_plugin(make_app):
+    with pytest.raises(ConfigError, match=r"KALPLA_MAIL names 'ses', which no loaded plugin "
+                                          r"provides \(known: outbox, smtp\)"):
+        make_app(mail="ses")
 
 
 def test_postgres_urls_use_psycopg3(tmp_path):
