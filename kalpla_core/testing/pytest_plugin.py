@@ -62,9 +62,9 @@ def _reset_postgres(url: str) -> None:
     except OperationalError as exc:
         if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
             raise
-        raise pytest.UsageError(
-            f"the test database {engine.url.database!r} is locked by other connections "
-            f"({_holders(engine)}); stop them and run again") from None
+        pytest.exit(f"the test database {engine.url.database!r} is locked by other "
+                    f"connections ({_holders(engine)}); stop them and run again",
+                    returncode=pytest.ExitCode.USAGE_ERROR)
     finally:
         engine.dispose()
 
