@@ -217,6 +217,8 @@ def _register_core(api: Api, kalpla: Kalpla) -> None:
     api.register_blueprint(courses_blp)
     from kalpla_core.courses.structure_routes import blp as structure_blp
     api.register_blueprint(structure_blp)
+    from kalpla_core.storage.routes import blp as files_blp
+    api.register_blueprint(files_blp)
     # Enrollment (issue 5): enrolling, rosters, waitlist offers, bulk enrollment.
     from kalpla_core.enrollment.routes import blp as enrollment_blp
     api.register_blueprint(enrollment_blp)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kalpla_core.contract import Permission, Provider
+from kalpla_core.contract import LessonChanged, Permission, Provider
 from kalpla_core.hookspecs import hookimpl
 
 
@@ -25,6 +25,10 @@ def kalpla_permissions() -> list[Permission]:
                    ("mentor", "admin")),
         Permission("courses.manage_all", "Edit, publish, archive and delete every course of "
                    "the institution", ("admin",)),
+        # Enrollment (issue 5): a course's staff (its instructors, the institution's admins)
+        # enroll others, read its roster and drop its students.
+        Permission("enrollment.manage", "Enroll others in, read the roster of and drop "
+                   "students from the courses you instruct", ("mentor", "admin")),
     ]
 
 
@@ -35,6 +39,8 @@ def kalpla_providers() -> list[Provider]:
     from kalpla_core.identity.federation.cognito import CognitoAuthenticator
     from kalpla_core.jobs.runners import CeleryRunner, InProcessRunner
     from kalpla_core.mail.providers import OutboxProvider, SMTPProvider
+    from kalpla_core.storage.local import LocalStorage
+    from kalpla_core.storage.s3 import S3Storage
 
     return [
         Provider("authenticator", "token", KalplaTokenAuthenticator,
@@ -50,13 +56,39 @@ def kalpla_providers() -> list[Provider]:
                  "Stores mail in the mail_outbox table (kalpla mail list)"),
         Provider("mail", "smtp", SMTPProvider, "Sends through the server at KALPLA_SMTP_URL"),
         Provider("jobs", "inprocess", InProcessRunner, "Thread pool inside the web process"),
+        # Courses (issue 4): the storage port; KALPLA_STORAGE picks where new files go.
+        Provider("storage", "local", LocalStorage,
+                 "Files under <instance>/files, served through HMAC-signed URLs"),
+        Provider("storage", "s3", S3Storage,
+                 "Objects in KALPLA_S3_BUCKET: presigned POST uploads and GET downloads, SSE"),
         Provider("jobs", "celery", CeleryRunner, "Celery workers (KALPLA_CELERY_BROKER_URL)"),
     ]
 
 
 @hookimpl
 def kalpla_cli_commands() -> list[Any]:
+    # Enrollment (issue 5): kalpla enrollments expire.
+    from kalpla_core.enrollment.cli import enrollments
+
     # Identity (issue 3): kalpla mail list / show.
     from kalpla_core.mail.cli import mail
 
-    return [mail]
+    return [mail, enrollments]
+
+
+@hookimpl
+def kalpla_jobs() -> dict[str, Any]:
+    # Enrollment (issue 5): bulk enrollment.
+    from kalpla_core.enrollment.bulk import JOB, bulk_enroll_job
+
+    return {JOB: bulk_enroll_job}
+
+
+# Enrollment (issue 5): progress summaries follow the course's lessons.
+@hookimpl
+def kalpla_lesson_changed(event: LessonChanged) -> None:
+    from flask import current_app
+
+    from kalpla_core.enrollment.progress import on_lesson_changed
+
+    on_lesson_changed(current_app.extensions["kalpla"], event.course_id)
