@@ -24,10 +24,11 @@ from kalpla_core.jobs import JobContext, JobError
 
 __all__ = [
     "APIError", "Base", "Blueprint", "JobContext", "JobError", "Page", "PageArgs",
-    "TimestampMixin", "UTCDateTime", "abort", "conditional_get", "current_institution",
-    "current_user", "db_session", "emit", "enqueue_job", "etag_of", "kalpla", "new_id",
-    "page_of", "page_response", "paginate", "plugin_settings", "queue_after_commit",
-    "require_enabled", "require_if_match", "require_permission", "set_etag", "utcnow",
+    "TimestampMixin", "UTCDateTime", "abort", "aws_client", "conditional_get",
+    "current_institution", "current_user", "db_session", "emit", "enqueue_job", "etag_of",
+    "kalpla", "new_id", "page_of", "page_response", "paginate", "plugin_settings",
+    "queue_after_commit", "require_enabled", "require_if_match", "require_permission",
+    "set_etag", "storage", "utcnow",
 ]
 
 
@@ -57,3 +58,19 @@ def enqueue_job(name: str, params: dict[str, Any] | None = None,
     user = current_user(required=False)
     return kalpla().jobs.enqueue(db_session(), name, params, user.id if user else None,
                                  institution_id)
+
+
+def storage(name: str | None = None) -> Any:
+    """The storage provider (``KALPLA_STORAGE``, or the one named): ``upload``, ``stat``,
+    ``download_url``, ``delete`` over keys (see :mod:`kalpla_core.storage.port`)."""
+    from kalpla_core.storage.service import storage as _storage
+
+    return _storage(kalpla(), name)
+
+
+def aws_client(service: str) -> Any:
+    """The app's boto3 client of an AWS ``service`` (``"s3"``, ``"ivs"``, ``"polly"`` …),
+    with the region, retries, timeouts and endpoint of the ``KALPLA_AWS_*`` settings."""
+    from kalpla_core.aws import aws_client as _aws_client
+
+    return _aws_client(kalpla(), service)

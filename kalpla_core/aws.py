@@ -1,0 +1,58 @@
+"""The one factory of boto3 clients: every AWS-backed provider (storage, streaming, AI,
+analytics) gets its clients here, so region, retries, timeouts and the endpoint override
+(moto server, LocalStack) are set once, from the ``KALPLA_AWS_*`` settings.
+
+Credentials are left to boto3's usual chain (environment, shared files, instance or task
+role); none are read from Kalpla's settings.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kalpla_core.app import Kalpla
+    from kalpla_core.config import Settings
+
+_CACHE = "kalpla_aws_clients"
+_lock = threading.Lock()
+
+
+def client_config(settings: Settings, service: str) -> Any:
+    """The botocore ``Config`` of a client of ``service``."""
+    from botocore.config import Config
+
+    options: dict[str, Any] = {
+        "retries": {"mode": "standard", "max_attempts": settings.aws_max_attempts},
+        "connect_timeout": settings.aws_connect_timeout,
+        "read_timeout": settings.aws_read_timeout,
+    }
+    if service == "s3":
+        # Presigned POSTs and GETs must be SigV4 (every region accepts it, newer ones nothing
+        # else); an endpoint override (moto server, LocalStack, MinIO) wants path-style URLs.
+        options["signature_version"] = "s3v4"
+        if settings.aws_endpoint_url:
+            options["s3"] = {"addressing_style": "path"}
+    return Config(**options)
+
+
+def new_client(settings: Settings, service: str) -> Any:
+    """A new boto3 client of ``service`` configured from ``settings``."""
+    import boto3
+
+    return boto3.session.Session().client(
+        service, region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url,
+        config=client_config(settings, service))
+
+
+def aws_client(kalpla: Kalpla, service: str) -> Any:
+    """The app's client of ``service``, built once per app (boto3 clients are thread-safe)."""
+    clients: dict[str, Any] = kalpla.app.extensions.setdefault(_CACHE, {})
+    client = clients.get(service)
+    if client is None:
+        with _lock:
+            client = clients.get(service)
+            if client is None:
+                client = clients[service] = new_client(kalpla.settings, service)
+    return client
