@@ -1,10 +1,12 @@
-"""The course catalog: filters, sorts and keyset pages whose cost does not follow the size of
-the catalog. No Flask here.
+"""The course catalog: filters, sorts and keyset pages. No Flask here.
 
-Every filter is answered from an index: the institution, level and language from composite
-indexes on ``courses`` that end in the sort keys, tags, instructors and words from their own
-tables' indexes. A page is one query (joined with the institution for its slug), then one
-query each for the page's tags and instructors.
+Filters on columns of ``courses`` (institution, level, language) each have a composite index
+(filter, status, sort key, id) per ordering, so such a page reads its rows in order from one
+index, whatever the size of the catalog. Filters on related tables (tag, instructor, words)
+are probes through those tables' keys; when one of them matches few courses the page is drawn
+from those few (see :func:`_candidates`). A page is one query (joined with the institution,
+for its slug) plus, with related filters, at most two bounded probes; then one query each for
+the page's tags and instructors.
 
 Free text: the words of a course's title and summary are stored folded in
 ``course_search_terms``; each word of ``q`` must be the prefix of one of them (``pyth`` finds
@@ -14,14 +16,25 @@ extension and no trigger, at the price of not matching inside a word.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Select, and_, delete, insert, literal, or_, select, tuple_
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    delete,
+    exists,
+    insert,
+    literal,
+    or_,
+    select,
+    tuple_,
+)
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from kalpla_core.courses.models import Course, CourseInstructor, CourseSearchTerm, CourseTag
 from kalpla_core.http.pagination import Page, decode_cursor, encode_cursor
@@ -30,9 +43,14 @@ from kalpla_core.institutions.models import Institution
 
 SORTS = ("newest", "title", "popularity")
 MAX_QUERY_WORDS = 8
+# Up to this many matches of related filters (tag, instructor, words), a page is sorted
+# from the matches themselves (see _candidates). The two ways cost alike around the square
+# root of limit × catalog size; this value was chosen with bench/catalog.py.
+CANDIDATES = 500
 TERM_LENGTH = 64
 # Above every code point a term can hold (a noncharacter is never part of a word).
 _TOP = "\U0010ffff"
+_ASCII_WORD = re.compile(r"[a-z0-9]+")
 
 Direction = Literal["asc", "desc"]
 
@@ -53,6 +71,8 @@ def _fold(text: str) -> str:
 def search_terms(text: str) -> list[str]:
     """The distinct words of ``text`` as the search stores and matches them: runs of letters,
     marks and digits, folded, cut at 64 characters."""
+    if text.isascii():  # the common case, a hundred times faster
+        return list(dict.fromkeys(w[:TERM_LENGTH] for w in _ASCII_WORD.findall(text.lower())))
     words: list[str] = []
     current: list[str] = []
     for ch in _fold(text) + " ":
@@ -78,6 +98,7 @@ def index_course(session: Session, course: Course) -> None:
 
 
 def _prefix(column: InstrumentedAttribute[str], word: str, dialect: str) -> ColumnElement[bool]:
+    """``column`` starts with ``word``, in the form the column's index answers."""
     if dialect == "postgresql":
         escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         return column.like(escaped + "%", escape="\\")
@@ -115,7 +136,37 @@ def sort_keys(status: str, sort: str) -> list[tuple[InstrumentedAttribute[Any], 
     return [(newest, "desc"), (Course.id, "desc")]
 
 
-def _conditions(flt: CatalogFilter, dialect: str) -> list[ColumnElement[bool]]:
+@dataclass(frozen=True)
+class _Related:
+    """A filter on a table beside ``courses`` (tags, instructors, words): ``matches(t)`` is
+    its condition on an alias ``t`` of the table."""
+
+    table: Any
+    matches: Callable[[Any], ColumnElement[bool]]
+
+    def holds(self, course_id: ColumnElement[Any]) -> ColumnElement[bool]:
+        """True for the course ``course_id``: probed through the table's (course_id, …) key."""
+        t = aliased(self.table)
+        return exists().where(t.course_id == course_id, self.matches(t))
+
+
+def _related(flt: CatalogFilter, dialect: str) -> list[_Related]:
+    """The related-table filters, the likeliest to match few courses first."""
+    out = []
+    if flt.tag is not None:
+        tag = flt.tag
+        out.append(_Related(CourseTag, lambda t: t.tag == tag))
+    if flt.instructor is not None:
+        user_id = flt.instructor
+        out.append(_Related(CourseInstructor, lambda t: t.user_id == user_id))
+    words = sorted(search_terms(flt.q or "")[:MAX_QUERY_WORDS], key=len, reverse=True)
+    out += [_Related(CourseSearchTerm, lambda t, w=w: _prefix(t.term, w, dialect))
+            for w in words]
+    return out
+
+
+def _conditions(flt: CatalogFilter) -> list[ColumnElement[bool]]:
+    """The filters on columns of ``courses``, each answered by a composite index."""
     cond: list[ColumnElement[bool]] = [Course.status == flt.status]
     if flt.institution_id is not None:
         cond.append(Course.institution_id == flt.institution_id)
@@ -130,14 +181,6 @@ def _conditions(flt: CatalogFilter, dialect: str) -> list[ColumnElement[bool]]:
         cond.append(Course.level == flt.level)
     if flt.language is not None:
         cond.append(Course.language == flt.language)
-    if flt.tag is not None:
-        cond.append(Course.id.in_(select(CourseTag.course_id).where(CourseTag.tag == flt.tag)))
-    if flt.instructor is not None:
-        cond.append(Course.id.in_(select(CourseInstructor.course_id).where(
-            CourseInstructor.user_id == flt.instructor)))
-    for word in search_terms(flt.q or "")[:MAX_QUERY_WORDS]:
-        cond.append(Course.id.in_(select(CourseSearchTerm.course_id).where(
-            _prefix(CourseSearchTerm.term, word, dialect))))
     return cond
 
 
@@ -150,28 +193,54 @@ def _after(keys: Sequence[tuple[InstrumentedAttribute[Any], Direction]],
     return left > right if keys[0][1] == "asc" else left < right
 
 
-def catalog_statement(flt: CatalogFilter, dialect: str) -> Select[Any]:
-    return (select(Course, Institution.slug)
-            .join(Institution, Institution.id == Course.institution_id)
-            .where(*_conditions(flt, dialect)))
+def _candidates(session: Session, conditions: list[ColumnElement[bool]],
+                related: list[_Related]) -> list[str] | None:
+    """The ids of every course the filters match, when they match at most ``CANDIDATES``;
+    else None.
+
+    Read from the first related filter's index, each entry checked against the others and the
+    course's columns: the read stops after ``CANDIDATES`` hits, or at the end of that filter's
+    entries. A page of few matches is then sorted from those ids; with more, reading a sort
+    index in order and probing each course finds a page within about
+    ``limit × catalog / CANDIDATES`` rows. A rare tag or word, or a rare combination of
+    common ones, would otherwise make that read the whole catalog."""
+    first, rest = related[0], related[1:]
+    t = aliased(first.table)
+    stmt = (select(t.course_id)
+            .where(first.matches(t), exists().where(Course.id == t.course_id, *conditions),
+                   *[rel.holds(t.course_id) for rel in rest])
+            .distinct().limit(CANDIDATES + 1))
+    ids = list(session.scalars(stmt))
+    return ids if len(ids) <= CANDIDATES else None
 
 
 def catalog_page(session: Session, flt: CatalogFilter, limit: int, cursor: str | None,
                  secret: str) -> Page:
     """One page of the catalog, as :class:`CourseCard` items."""
     keys = sort_keys(flt.status, flt.sort)
-    stmt = catalog_statement(flt, session.get_bind().dialect.name)
-    if cursor:
-        stmt = stmt.where(_after(keys, decode_cursor(cursor, keys, secret)))
-    stmt = stmt.order_by(*[c.asc() if d == "asc" else c.desc() for c, d in keys])
+    after = decode_cursor(cursor, keys, secret) if cursor else None
+    related = _related(flt, session.get_bind().dialect.name)
+    cond = _conditions(flt)
+    if related:
+        candidates = _candidates(session, cond, related)
+        if candidates == []:
+            return Page([], None)
+        if candidates is None:
+            cond += [rel.holds(Course.id) for rel in related]
+        else:
+            cond.append(Course.id.in_(candidates))
+    if after is not None:
+        cond.append(_after(keys, after))
+    stmt = (select(Course, Institution.slug)
+            .join(Institution, Institution.id == Course.institution_id).where(*cond)
+            .order_by(*[c.asc() if d == "asc" else c.desc() for c, d in keys]))
     rows = session.execute(stmt.limit(limit + 1)).all()
     rows, more = rows[:limit], len(rows) > limit
     next_cursor = None
     if more:
         last = rows[-1][0]
         next_cursor = encode_cursor([getattr(last, c.key) for c, _ in keys], keys, secret)
-    cards = cards_of(session, [(course, slug) for course, slug in rows])
-    return Page(cards, next_cursor)
+    return Page(cards_of(session, [(course, slug) for course, slug in rows]), next_cursor)
 
 
 # --- what a page shows ----------------------------------------------------------------------

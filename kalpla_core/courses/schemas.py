@@ -10,6 +10,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from kalpla_core.courses.catalog import SORTS
 from kalpla_core.courses.models import COURSE_STATUSES, LEVELS
+from kalpla_core.courses.service import MAX_INSTRUCTORS, MAX_PREREQUISITES, MAX_TAGS
 from kalpla_core.http.pagination import PageArgs
 
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
@@ -108,17 +109,17 @@ class CourseWriteSchema(Schema):
     language = LanguageTag(load_default="en", metadata={"description": "BCP 47, e.g. pt-BR"})
     level = fields.String(load_default="all", validate=validate.OneOf(LEVELS))
     tags = fields.List(fields.String(validate=validate.Length(1, 50)), load_default=list,
-                       validate=validate.Length(max=20),
+                       validate=validate.Length(max=MAX_TAGS),
                        metadata={"description": "Stored lower-case, without duplicates"})
     cover_file_id = fields.String(allow_none=True, validate=validate.Length(max=32),
                                   metadata={"description": "A ready image file's id"})
-    instructors = fields.List(_id, validate=validate.Length(max=50),
+    instructors = fields.List(_id, validate=validate.Length(max=MAX_INSTRUCTORS),
                               metadata={"description": "User ids of mentors or admins"})
     capacity = fields.Integer(allow_none=True, validate=validate.Range(min=0),
                               metadata={"description": "Seats; null for no limit"})
     enrollment_opens_at = UTCDateTimeField(allow_none=True)
     enrollment_closes_at = UTCDateTimeField(allow_none=True)
-    prerequisites = fields.List(_id, validate=validate.Length(max=20),
+    prerequisites = fields.List(_id, validate=validate.Length(max=MAX_PREREQUISITES),
                                 metadata={"description": "Ids of courses to complete first"})
     access_days = fields.Integer(allow_none=True, validate=validate.Range(1, 36_500),
                                  metadata={"description": "Days of access after enrolling; "
