@@ -24,7 +24,8 @@ def client_config(settings: Settings, service: str) -> Any:
     from botocore.config import Config
 
     options: dict[str, Any] = {
-        "retries": {"mode": "standard", "max_attempts": settings.aws_max_attempts},
+        # total_max_attempts counts the first try (botocore's max_attempts counts retries).
+        "retries": {"mode": "standard", "total_max_attempts": settings.aws_max_attempts},
         "connect_timeout": settings.aws_connect_timeout,
         "read_timeout": settings.aws_read_timeout,
     }
