@@ -327,6 +327,7 @@ def test_a_mentor_cannot_edit_another_mentors_course_unless_admin(client, factor
         return [
             client.patch(item, json={"summary": "changed"},
                          headers={**headers, "If-Match": etag}),
+            client.post(f"{item}/publish", headers=headers),
             client.post(f"{item}/archive", headers=headers),
             client.delete(item, headers=headers),
         ]
