@@ -16,20 +16,34 @@ from kalpla_core.context import (
     require_permission,
 )
 from kalpla_core.db import Base, TimestampMixin, UTCDateTime, new_id, queue_after_commit, utcnow
+from kalpla_core.enrollment.service import (
+    activate_pending,
+    complete_enrollment,
+    drop_enrollment,
+    reject_pending,
+)
 from kalpla_core.http.api import Blueprint
 from kalpla_core.http.etag import conditional_get, etag_of, require_if_match, set_etag
 from kalpla_core.http.pagination import Page, PageArgs, page_of, page_response, paginate
 from kalpla_core.http.problems import APIError, abort
+from kalpla_core.idempotency.http import idempotent
 from kalpla_core.jobs import JobContext, JobError
 
 __all__ = [
     "APIError", "Base", "Blueprint", "JobContext", "JobError", "Page", "PageArgs",
-    "TimestampMixin", "UTCDateTime", "abort", "aws_client", "conditional_get",
-    "current_institution", "current_user", "db_session", "emit", "enqueue_job", "etag_of",
-    "kalpla", "new_id", "page_of", "page_response", "paginate", "plugin_settings",
-    "queue_after_commit", "require_enabled", "require_if_match", "require_permission",
-    "set_etag", "storage", "utcnow",
+    "TimestampMixin", "UTCDateTime", "abort", "activate_pending", "aws_client",
+    "complete_enrollment", "conditional_get", "current_institution", "current_user",
+    "db_session", "drop_enrollment", "emit", "enqueue_job", "etag_of", "idempotent", "kalpla",
+    "new_id", "page_of", "page_response", "paginate", "plugin_settings", "queue_after_commit",
+    "reject_pending", "require_enabled", "require_if_match", "require_permission", "set_etag",
+    "storage", "utcnow",
 ]
+
+# Enrollment (issue 5), documented in docs/plugins.md ("Moving a pending enrollment"):
+# activate_pending(session, kalpla, enrollment_id, plugin=…) moves pending → active (or
+# waitlisted when the course is full), reject_pending(…, reason, plugin=…) pending → dropped,
+# drop_enrollment(…, reason) lets a student go, complete_enrollment(…) active → completed (the
+# progress engine calls it). ``@idempotent`` on a view honours an ``Idempotency-Key`` header.
 
 
 def plugin_settings(plugin: str, institution_id: str | None = None) -> dict[str, Any] | None:

@@ -203,7 +203,8 @@ def enroll(session: Session, kalpla: Any, caller: Caller, course_id: str,
            now: datetime | None = None) -> Enrollment:
     """Enroll the caller (``user_id`` None or their own id) or, for the course's staff,
     another member. Answers the enrollment: ``pending``, ``active`` or ``waitlisted``."""
-    now = now or utcnow()
+    clock = now
+    now = clock or utcnow()
     if caller.user is None:
         raise _unauthenticated()
     course = visible_course(session, caller, course_id)
@@ -234,6 +235,9 @@ def enroll(session: Session, kalpla: Any, caller: Caller, course_id: str,
     # Everything above may have raced with another request for the same user or seat; from
     # here on the course is locked, so what is read again below holds until the commit.
     course = lock_course(session, course.id)
+    # Stamps are taken once the lock is held, so the waitlist's order is the order in which
+    # requests were served and a position once answered stays right.
+    now = clock or utcnow()
     existing = current_enrollment(session, course.id, target_id)
     if existing is not None:
         existing = lock_enrollment(session, existing.id)
@@ -289,8 +293,8 @@ def activate_pending(session: Session, kalpla: Any, enrollment_id: str, *,
     student did what it asked, e.g. paid). Idempotent: an enrollment already active,
     waitlisted or completed is answered as it is. A plugin naming itself may only move the
     enrollments it holds."""
-    now = now or utcnow()
     course, enrollment = _locked(session, enrollment_id)
+    now = now or utcnow()
     if enrollment.status in ("active", "waitlisted", "completed"):
         return enrollment
     if enrollment.status != "pending":
@@ -307,8 +311,8 @@ def reject_pending(session: Session, kalpla: Any, enrollment_id: str, reason: st
                    plugin: str | None = None, now: datetime | None = None) -> Enrollment:
     """pending → dropped, with the reason (a payment failed, say). Idempotent on a dropped
     enrollment."""
-    now = now or utcnow()
     course, enrollment = _locked(session, enrollment_id)
+    now = now or utcnow()
     if enrollment.status == "dropped":
         return enrollment
     if enrollment.status != "pending":
@@ -330,8 +334,8 @@ def drop_enrollment(session: Session, kalpla: Any, enrollment_id: str, reason: s
     """pending, active or waitlisted → dropped; a freed seat (or a held offer) goes to the
     next waitlisted student. Dropping a dropped or expired enrollment changes nothing; a
     completed one is kept (409)."""
-    now = now or utcnow()
     course, enrollment = _locked(session, enrollment_id)
+    now = now or utcnow()
     if enrollment.status in ("dropped", "expired"):
         return enrollment
     if enrollment.status not in DROPPABLE:
@@ -351,8 +355,8 @@ def complete_enrollment(session: Session, kalpla: Any, enrollment_id: str, *,
 
     The course is not locked (completing keeps the seat), so progress may hold locks on the
     enrollment's rows when it calls this."""
-    now = now or utcnow()
     enrollment = lock_enrollment(session, enrollment_id)
+    now = now or utcnow()
     if enrollment.status == "completed":
         return False
     if enrollment.status != "active" or _is_due(enrollment, now):
