@@ -214,9 +214,9 @@ def _lessons_using(session: Session, file: StoredFile) -> list[Lesson]:
 def read_decision(session: Session, kalpla: Kalpla, caller: courses.Caller, course: Course,
                   file: StoredFile) -> Decision:
     """Whether a caller who sees ``course`` but is not its staff reads the ready ``file``."""
-    if file.purpose == "cover" and file.lesson_id is None:
+    if file.purpose == "cover":  # never a lesson's (refused when asked)
         return Decision.allow()
-    lessons = _lessons_using(session, file) if file.purpose != "cover" else []
+    lessons = _lessons_using(session, file)
     if lessons:
         first: Decision | None = None
         for lesson in lessons:

@@ -231,7 +231,9 @@ def test_oversized_uploads_are_cut_off_while_streaming(app, client, factories):
 
 
 def test_sizes_above_the_limit_are_refused_when_asked(make_app, tmp_path):
-    app = make_app(plugins=[], instance_path=str(tmp_path / "instance"), max_upload_bytes=4096)
+    # Request bodies are limited to 1 KiB elsewhere; uploads have their own limit.
+    app = make_app(plugins=[], instance_path=str(tmp_path / "instance"), max_upload_bytes=4096,
+                   max_content_length=1024)
     client = app.test_client()
     w = world(Factories(app))
     course_id = create_course(client, w)
@@ -239,7 +241,9 @@ def test_sizes_above_the_limit_are_refused_when_asked(make_app, tmp_path):
     assert body["errors"]["size"] == ["Files are limited to 4096 bytes."]
     for size in (0, -1, "12", 1.5):
         assert "size" in problem(_ask(client, w, course_id, size=size), 422)["errors"]
-    assert ok(_ask(client, w, course_id, PDF[:4096]), 201)["size"] == 4096
+    asked = ok(_ask(client, w, course_id, PDF[:4096]), 201)
+    assert _put(client, asked["upload"], PDF[:4096]).status_code == 204
+    assert ok(_confirm(client, w, asked["id"]))["size"] == 4096
 
 
 def test_wrong_types_are_refused(app, client, factories):
