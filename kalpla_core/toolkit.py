@@ -16,6 +16,7 @@ from kalpla_core.context import (
     require_permission,
 )
 from kalpla_core.db import Base, TimestampMixin, UTCDateTime, new_id, queue_after_commit, utcnow
+from kalpla_core.enrollment.progress import report_lesson_completed
 from kalpla_core.enrollment.service import (
     activate_pending,
     complete_enrollment,
@@ -28,15 +29,16 @@ from kalpla_core.http.pagination import Page, PageArgs, page_of, page_response, 
 from kalpla_core.http.problems import APIError, abort
 from kalpla_core.idempotency.http import idempotent
 from kalpla_core.jobs import JobContext, JobError
+from kalpla_core.plugins.dispatch import any_institution
 
 __all__ = [
     "APIError", "Base", "Blueprint", "JobContext", "JobError", "Page", "PageArgs",
-    "TimestampMixin", "UTCDateTime", "abort", "activate_pending", "aws_client",
-    "complete_enrollment", "conditional_get", "current_institution", "current_user",
-    "db_session", "drop_enrollment", "emit", "enqueue_job", "etag_of", "idempotent", "kalpla",
-    "new_id", "page_of", "page_response", "paginate", "plugin_settings", "queue_after_commit",
-    "reject_pending", "require_enabled", "require_if_match", "require_permission", "set_etag",
-    "storage", "utcnow",
+    "TimestampMixin", "UTCDateTime", "abort", "activate_pending", "any_institution",
+    "aws_client", "complete_enrollment", "conditional_get", "current_institution",
+    "current_user", "db_session", "drop_enrollment", "emit", "enqueue_job", "etag_of",
+    "idempotent", "kalpla", "new_id", "page_of", "page_response", "paginate", "plugin_settings",
+    "queue_after_commit", "reject_pending", "report_lesson_completed", "require_enabled",
+    "require_if_match", "require_permission", "set_etag", "storage", "utcnow",
 ]
 
 # Enrollment (issue 5), documented in docs/plugins.md ("Moving a pending enrollment"):
