@@ -15,11 +15,14 @@ from kalpla_core.context import (
     kalpla,
     require_permission,
 )
+from kalpla_core.courses.models import Course
 from kalpla_core.db import Base, TimestampMixin, UTCDateTime, new_id, queue_after_commit, utcnow
+from kalpla_core.enrollment.models import Enrollment
 from kalpla_core.enrollment.progress import report_lesson_completed
 from kalpla_core.enrollment.service import (
     activate_pending,
     complete_enrollment,
+    current_enrollment,
     drop_enrollment,
     reject_pending,
 )
@@ -28,14 +31,16 @@ from kalpla_core.http.etag import conditional_get, etag_of, require_if_match, se
 from kalpla_core.http.pagination import Page, PageArgs, page_of, page_response, paginate
 from kalpla_core.http.problems import APIError, abort
 from kalpla_core.idempotency.http import idempotent
+from kalpla_core.identity.models import User
 from kalpla_core.jobs import JobContext, JobError
 from kalpla_core.plugins.dispatch import any_institution
 
 __all__ = [
-    "APIError", "Base", "Blueprint", "JobContext", "JobError", "Page", "PageArgs",
-    "TimestampMixin", "UTCDateTime", "abort", "activate_pending", "any_institution",
-    "aws_client", "complete_enrollment", "conditional_get", "current_institution",
-    "current_user", "db_session", "drop_enrollment", "emit", "enqueue_job", "etag_of",
+    "APIError", "Base", "Blueprint", "Course", "Enrollment", "JobContext", "JobError", "Page",
+    "PageArgs", "TimestampMixin", "UTCDateTime", "User", "abort", "activate_pending",
+    "any_institution", "aws_client", "complete_enrollment", "conditional_get",
+    "current_enrollment", "current_institution", "current_user", "db_session",
+    "drop_enrollment", "emit", "enqueue_job", "etag_of",
     "idempotent", "kalpla", "new_id", "page_of", "page_response", "paginate", "plugin_settings",
     "queue_after_commit", "reject_pending", "report_lesson_completed", "require_enabled",
     "require_if_match", "require_permission", "set_etag", "storage", "utcnow",
@@ -46,14 +51,19 @@ __all__ = [
 # waitlisted when the course is full), reject_pending(…, reason, plugin=…) pending → dropped,
 # drop_enrollment(…, reason) lets a student go, complete_enrollment(…) active → completed (the
 # progress engine calls it). ``@idempotent`` on a view honours an ``Idempotency-Key`` header.
+# ``current_enrollment(session, course_id, user_id)`` finds a user's enrollment in a course.
+# ``Course``, ``Enrollment`` and ``User`` are the core's models, for plugins to read (and to
+# point foreign keys at); they change only through the core's services.
 
 
-def plugin_settings(plugin: str, institution_id: str | None = None) -> dict[str, Any] | None:
-    """The plugin's settings for an institution (default: the request's), None if disabled."""
+def plugin_settings(plugin: str, institution_id: str | None = None,
+                    session: Any = None) -> dict[str, Any] | None:
+    """The plugin's settings for an institution (default: the request's), None if disabled;
+    read through ``session`` when given (a gate's or a job's), else the request's."""
     from kalpla_core.institutions.service import plugin_settings as _settings
 
     inst_id = institution_id or current_institution().id
-    return _settings(db_session(), inst_id, plugin)
+    return _settings(session if session is not None else db_session(), inst_id, plugin)
 
 
 def require_enabled(plugin: str, institution_id: str) -> None:
