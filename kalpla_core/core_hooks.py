@@ -67,13 +67,14 @@ def kalpla_providers() -> list[Provider]:
 
 @hookimpl
 def kalpla_cli_commands() -> list[Any]:
-    # Enrollment (issue 5): kalpla enrollments expire.
+    # Enrollment (issue 5): kalpla enrollments expire, kalpla idempotency purge.
     from kalpla_core.enrollment.cli import enrollments
+    from kalpla_core.idempotency.cli import idempotency
 
     # Identity (issue 3): kalpla mail list / show.
     from kalpla_core.mail.cli import mail
 
-    return [mail, enrollments]
+    return [mail, enrollments, idempotency]
 
 
 @hookimpl

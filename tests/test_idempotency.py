@@ -10,9 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
+from click.testing import CliRunner
 from flask.views import MethodView
-from sqlalchemy import update
+from sqlalchemy import select, update
 
+from kalpla_core.cli import make_cli
 from kalpla_core.contract import PluginMeta
 from kalpla_core.db import utcnow
 from kalpla_core.hookspecs import hookimpl
@@ -125,6 +127,22 @@ def test_a_key_older_than_a_day_is_forgotten(make_app):
         s.execute(update(IdempotencyKey).values(created_at=utcnow() - timedelta(hours=25)))
     r = sc.client.post(enroll_url(cid), json={"user_id": w.enrolled.id}, headers=headers)
     assert ok(r, 201)["user_id"] == w.enrolled.id
+
+
+def test_old_keys_are_purged_from_the_command_line(make_app):
+    sc = scene(make_app)
+    w = sc.w
+    cid = course(sc.client, w)
+    for n, who in enumerate((w.student, w.enrolled)):
+        ok(sc.client.post(enroll_url(cid), headers={**w.auth(who), KEY: f"k{n}"}), 201)
+    with sc.kalpla.db.session() as s:
+        s.execute(update(IdempotencyKey).where(IdempotencyKey.key == "k0")
+                  .values(created_at=utcnow() - timedelta(hours=25)))
+    result = CliRunner().invoke(make_cli(lambda: sc.app), ["idempotency", "purge"])
+    assert result.exit_code == 0, result.output
+    assert "1 idempotency key(s) older than 24 hours removed." in result.output
+    with sc.kalpla.db.session() as s:
+        assert list(s.scalars(select(IdempotencyKey.key))) == ["k1"]
 
 
 def test_concurrent_repeats_enroll_once(make_app):

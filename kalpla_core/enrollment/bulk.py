@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 JOB = "core.bulk_enroll"
 MAX_ROWS = 5000
+MAX_EMAIL = 320  # users.email
 DEFAULT_ROLE = "student"
 RESULTS = ("enrolled", "already-enrolled", "invited", "invalid")
 _email = validate.Email()
@@ -109,6 +110,9 @@ def enroll_row(session: Session, kalpla: Any, actor: User, course_id: str, email
         email = normalise_email(_email(email))
     except ValidationError:
         raise APIError(422, "This is not an email address.", "invalid-email") from None
+    if len(email) > MAX_EMAIL:
+        raise APIError(422, f"An address has at most {MAX_EMAIL} characters.",
+                       "invalid-email")
     role = role or DEFAULT_ROLE
     if role not in ROLES:
         raise APIError(422, f"Unknown role {role!r}; use one of {', '.join(ROLES)}.",

@@ -162,8 +162,10 @@ class BulkEnrollments(MethodView):
         return body, 202, {"Location": location}
 
 
-def _enrollment_etag(enrollment: Enrollment) -> str:
-    return etag_of("enrollment", enrollment.id, enrollment.version)
+def _enrollment_etag(view: EnrollmentView) -> str:
+    # The waitlist place moves without the row changing: it is part of the version read.
+    return etag_of("enrollment", view.enrollment.id,
+                   f"{view.enrollment.version}:{view.waitlist_position}")
 
 
 @blp.route("/enrollments/<enrollment_id>")
@@ -174,8 +176,9 @@ class EnrollmentItem(MethodView):
         """One enrollment, for its student or the course's staff."""
         enrollment = service.readable_enrollment(db_session(), kalpla(), _caller(),
                                                  enrollment_id)
-        conditional_get(_enrollment_etag(enrollment))
-        return _one(enrollment)
+        view = _one(enrollment)
+        conditional_get(_enrollment_etag(view))
+        return view
 
     @blp.response(200, EnrollmentSchema)
     @blp.doc(security=BEARER)

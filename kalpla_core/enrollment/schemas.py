@@ -88,8 +88,8 @@ class BulkRowSchema(Schema):
     """One row of a bulk enrollment. The address is checked row by row by the job, so that
     one bad row is reported as ``invalid`` instead of refusing the whole list."""
 
-    email = fields.String(required=True, validate=validate.Length(1, 320))
-    role = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=32),
+    email = fields.String(required=True)
+    role = fields.String(load_default=None, allow_none=True,
                          metadata={"description": "Role in the institution given to a new "
                                                   "member: " + ", ".join(ROLES)
                                                   + " (default student)."})

@@ -61,15 +61,16 @@ def test_a_json_list_gives_a_result_per_row_and_rerunning_changes_nothing(make_a
         {"email": w.enrolled.email, "role": "wizard"},
         {"email": w.student.email.upper()},
         {"email": w.outsider.email},
+        {"email": "x" * 310 + "@example.test"},
     ]
     result = _run(sc, cid, json=rows)
-    assert result["course_id"] == cid and result["total"] == 7
+    assert result["course_id"] == cid and result["total"] == 8
     assert result["counts"] == {"enrolled": 3, "already-enrolled": 1, "invited": 1,
-                                "invalid": 2}
+                                "invalid": 3}
     by_row = {r["row"]: r for r in result["rows"]}
-    assert [by_row[n]["result"] for n in range(1, 8)] == [
+    assert [by_row[n]["result"] for n in range(1, 9)] == [
         "enrolled", "enrolled", "invited", "invalid", "invalid", "already-enrolled",
-        "enrolled"]
+        "enrolled", "invalid"]
     assert by_row[1]["status"] == "active" and by_row[1]["enrollment_id"]
     assert by_row[6]["enrollment_id"] == by_row[1]["enrollment_id"]
     assert by_row[4]["code"] == "invalid-email" and by_row[4]["reason"]
@@ -93,7 +94,7 @@ def test_a_json_list_gives_a_result_per_row_and_rerunning_changes_nothing(make_a
 
     again = _run(sc, cid, json=rows)
     assert again["counts"] == {"enrolled": 0, "already-enrolled": 5, "invited": 0,
-                               "invalid": 2}
+                               "invalid": 3}
     assert len(enrollments_of(sc.app, cid)) == 4
     with sc.kalpla.db.session() as s:
         assert s.scalar(select(func.count()).select_from(OutboxMessage).where(

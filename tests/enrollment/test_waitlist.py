@@ -202,8 +202,14 @@ def test_dropping_from_the_waitlist_or_an_offer(make_app):
     cid = course(sc.client, sc.w, capacity=1)
     a = ok(sc.enroll(ann, cid), 201)["id"]
     b, c, d = (ok(sc.enroll(u, cid), 201)["id"] for u in (ben, cat, dan))
-    _drop(sc, cat, c)  # leaving the line moves those behind up
-    assert _get(sc, dan, d)["waitlist_position"] == 2
+    item = f"/api/v1/enrollments/{d}"
+    r = sc.client.get(item, headers=sc.w.auth(dan))
+    assert r.get_json()["waitlist_position"] == 3
+    _drop(sc, cat, c)  # leaving the line moves those behind up, a new version to read
+    r = sc.client.get(item, headers={**sc.w.auth(dan), "If-None-Match": r.headers["ETag"]})
+    assert ok(r)["waitlist_position"] == 2
+    assert sc.client.get(item, headers={**sc.w.auth(dan), "If-None-Match": r.headers["ETag"]}
+                         ).status_code == 304
     _drop(sc, ann, a)
     assert _get(sc, ben, b)["offer_expires_at"] is not None
     _drop(sc, ben, b)  # declining the offer hands it on
