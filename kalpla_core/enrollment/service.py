@@ -258,6 +258,8 @@ def enroll(session: Session, kalpla: Any, caller: Caller, course_id: str,
                                         course_id=course.id, user_id=target_id)
     enrollment.source = source
     enrollment.enrolled_by = caller.user.id if by_staff else None
+    # A row enrolled again starts over; its progress rows stay, for the progress engine.
+    enrollment.activated_at = enrollment.expires_at = None
     enrollment.completed_at = enrollment.dropped_at = None
     change_status(session, kalpla, course, enrollment, status, now, REENROLLED)
     if status == "pending":

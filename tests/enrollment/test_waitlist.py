@@ -10,9 +10,11 @@ from click.testing import CliRunner
 from sqlalchemy import select, update
 
 from kalpla_core.cli import make_cli
+from kalpla_core.courses.models import Course
 from kalpla_core.db import utcnow
 from kalpla_core.enrollment import waitlist
 from kalpla_core.enrollment.models import Enrollment
+from kalpla_core.enrollment.service import complete_enrollment, expire_enrollments
 from kalpla_core.institutions.models import Institution
 from kalpla_core.mail.models import OutboxMessage
 from tests.enrollment.enrollment_support import (
@@ -227,7 +229,6 @@ def test_more_seats_go_to_those_waiting_before_newcomers(make_app):
     c = ok(sc.enroll(cat, cid), 201)["id"]
     # The course grows by two seats; the next request hands them to Ben and Cat.
     with sc.kalpla.db.session() as s:
-        from kalpla_core.courses.models import Course
         s.execute(update(Course).where(Course.id == cid).values(capacity=3))
     assert ok(sc.enroll(dan, cid), 201)["status"] == "waitlisted"
     assert _get(sc, ben, b)["offer_expires_at"] and _get(sc, cat, c)["offer_expires_at"]
@@ -247,8 +248,6 @@ def test_staff_enrollments_respect_capacity_too(make_app):
 
 
 def test_completed_students_keep_their_seat(make_app):
-    from kalpla_core.enrollment.service import complete_enrollment
-
     sc = scene(make_app)
     cid = course(sc.client, sc.w, capacity=1)
     eid = ok(sc.enroll(sc.w.student, cid), 201)["id"]
@@ -256,3 +255,16 @@ def test_completed_students_keep_their_seat(make_app):
         complete_enrollment(s, sc.kalpla, eid)
     assert ok(sc.enroll(sc.w.enrolled, cid), 201)["status"] == "waitlisted"
     assert course_row(sc.app, cid).enrollment_count == 1
+
+
+def test_enrolling_again_into_a_full_course_waits_without_old_access_dates(make_app):
+    sc = scene(make_app)
+    ann, ben = _students(sc, 2)
+    cid = course(sc.client, sc.w, capacity=1, access_days=3)
+    a = ok(sc.enroll(ann, cid), 201)["id"]
+    with sc.kalpla.db.session() as s:
+        assert expire_enrollments(s, sc.kalpla, utcnow() + timedelta(days=4)) == 1
+    ok(sc.enroll(ben, cid), 201)  # takes the freed seat
+    again = ok(sc.enroll(ann, cid), 201)
+    assert again["id"] == a and again["status"] == "waitlisted"
+    assert again["activated_at"] is None and again["expires_at"] is None
