@@ -12,6 +12,7 @@ from kalpla_core.context import current_user, db_session, has_permission, kalpla
 from kalpla_core.courses import access, service, structure
 from kalpla_core.courses.models import Course, Lesson, Module
 from kalpla_core.courses.structure_schemas import (
+    LessonFileSchema,
     LessonOrderOutSchema,
     LessonOrderSchema,
     LessonPatchSchema,
@@ -29,6 +30,8 @@ from kalpla_core.http.api import Blueprint
 from kalpla_core.http.etag import conditional_get, etag_of, require_if_match, set_etag
 from kalpla_core.http.pagination import PageArgs, page_of, page_response, paginate
 from kalpla_core.http.problems import APIError
+from kalpla_core.storage import service as files
+from kalpla_core.storage.models import StoredFile
 
 blp = Blueprint("structure", __name__, url_prefix="/api/v1",
                 description="A course's modules and lessons, their order and the outline; "
@@ -274,6 +277,26 @@ class LessonItem(MethodView):
         _if_match_when_sent(_lesson_etag(lesson))
         structure.delete_lesson(session, kalpla(), course, lesson)
         return None
+
+
+@blp.route("/lessons/<lesson_id>/file")
+class LessonFile(MethodView):
+    @blp.response(200, LessonFileSchema)
+    def get(self, lesson_id: str) -> Any:
+        """A short-lived URL to download the lesson's file (a video or file lesson), for
+        whoever may read the lesson; as JSON, so clients choose how to fetch it. 404 when
+        the course is not visible or the lesson has no file, else 401/403 with the reason."""
+        session = db_session()
+        lesson, _course = structure.visible_lesson(session, _caller(), lesson_id)
+        _require_reader(lesson)
+        file = session.get(StoredFile, lesson.file_id) if lesson.file_id else None
+        if file is None or file.status != "ready":
+            raise APIError(404, "This lesson has no file.", "no-file")
+        ttl = files.download_ttl(file)
+        url = files.download_url(kalpla(), file, ttl)
+        _cache_control(PRIVATE)
+        return {"url": url, "expires_in": ttl, "filename": file.filename,
+                "content_type": file.content_type, "size": file.size}
 
 
 # --- the outline ------------------------------------------------------------------------------

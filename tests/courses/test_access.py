@@ -234,3 +234,80 @@ def test_the_gate_of_a_plugin_not_enabled_is_not_asked(make_app):
     enroll(app, w.enrolled, course_id)
     assert ok(_read(client, w, w.enrolled, locked))["title"] == "Locked"
     assert asked == []
+
+
+# --- the lesson's file ------------------------------------------------------------------------
+
+VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8
+
+
+def _uploaded(client: Any, w: World, course_id: str, data: bytes, content_type: str,
+              purpose: str) -> str:
+    """A file through the upload flow (ask, upload, confirm); its id."""
+    asked = ok(client.post("/api/v1/files", json={
+        "course_id": course_id, "purpose": purpose, "filename": "clip.mp4",
+        "content_type": content_type, "size": len(data)}, headers=w.auth(w.instructor)), 201)
+    upload = asked["upload"]
+    assert client.put(upload["url"], data=data, headers=upload["headers"]).status_code == 204
+    ok(client.post(f"/api/v1/files/{asked['id']}/confirm", headers=w.auth(w.instructor)))
+    return asked["id"]
+
+
+def test_lesson_file_links_follow_the_access_rules(app, client, factories):
+    w = world(factories)
+    course_id = create_course(client, w, publish=True)
+    module = add_module(client, w, course_id)["id"]
+    video = _uploaded(client, w, course_id, VIDEO, "video/mp4", "video")
+    lesson = add_lesson(client, w, module, "Watch", kind="video", file_id=video,
+                        duration_seconds=30)["id"]
+    preview = add_lesson(client, w, module, "Trailer", kind="video", file_id=video,
+                         duration_seconds=30, is_preview=True)["id"]
+    text = add_lesson(client, w, module, "Read")["id"]
+    enroll(app, w.enrolled, course_id)
+
+    for name, user in w.people().items():
+        r = client.get(f"/api/v1/lessons/{lesson}/file", headers=w.auth(user))
+        if name in STAFF or name == "enrolled":
+            link = ok(r)
+            assert r.headers["Cache-Control"] == "private, no-store"
+            assert link["content_type"] == "video/mp4" and link["size"] == len(VIDEO)
+            assert 0 < link["expires_in"] <= 3600
+            got = client.get(link["url"])  # the signature is the permission
+            assert got.status_code == 200 and got.data == VIDEO, name
+        elif user is None:
+            problem(r, 401)
+        else:
+            assert problem(r, 403)["type"] == "urn:kalpla:problem:not-enrolled"
+        assert ok(client.get(f"/api/v1/lessons/{preview}/file", headers=w.auth(user)))["url"]
+    # A lesson without a file, an unknown lesson.
+    assert problem(client.get(f"/api/v1/lessons/{text}/file", headers=w.auth(w.enrolled)),
+                   404)["type"] == "urn:kalpla:problem:no-file"
+    problem(client.get("/api/v1/lessons/nosuch/file", headers=w.auth(w.admin)), 404)
+
+    # A draft's lesson files do not exist for anyone but its staff.
+    draft = create_course(client, w, slug="draft")
+    clip = _uploaded(client, w, draft, VIDEO, "video/mp4", "video")
+    hidden = add_lesson(client, w, add_module(client, w, draft)["id"], "Draft clip",
+                        kind="video", file_id=clip, duration_seconds=5, is_preview=True)["id"]
+    for name, user in w.people().items():
+        r = client.get(f"/api/v1/lessons/{hidden}/file", headers=w.auth(user))
+        if name in STAFF:
+            assert ok(r)["url"]
+        else:
+            problem(r, 404)
+
+
+def test_a_plugin_gate_narrows_the_lesson_file_too(make_app):
+    asked: list[LessonAccessRequest] = []
+    app = make_app(plugins=["gatekeeper"], plugin_objects={"gatekeeper": _gatekeeper(asked)})
+    client = app.test_client()
+    w = world(Factories(app), plugins=["gatekeeper"])
+    course_id = create_course(client, w, publish=True)
+    video = _uploaded(client, w, course_id, VIDEO, "video/mp4", "video")
+    locked = add_lesson(client, w, add_module(client, w, course_id)["id"], "Locked clip",
+                        kind="video", file_id=video, duration_seconds=5)["id"]
+    enroll(app, w.enrolled, course_id)
+    body = problem(client.get(f"/api/v1/lessons/{locked}/file", headers=w.auth(w.enrolled)),
+                   403)
+    assert body["plugin"] == "gatekeeper" and "url" not in body
+    assert ok(client.get(f"/api/v1/lessons/{locked}/file", headers=w.auth(w.instructor)))
