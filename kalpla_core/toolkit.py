@@ -46,6 +46,12 @@ __all__ = [
     "require_if_match", "require_permission", "set_etag", "storage", "utcnow",
 ]
 
+# Progress (issue 5), documented in docs/plugins.md ("Reporting completion"):
+# report_lesson_completed(session, kalpla, lesson_id=…, plugin=…, user_id=… or enrollment_id=…,
+# occurred_at=None) records that a student completed a lesson of the plugin's own kind, the only
+# way such a lesson is completed; idempotent (the earliest completion counts), it fires
+# kalpla_lesson_completed and, for the last required lesson, kalpla_course_completed.
+
 # Enrollment (issue 5), documented in docs/plugins.md ("Moving a pending enrollment"):
 # activate_pending(session, kalpla, enrollment_id, plugin=…) moves pending → active (or
 # waitlisted when the course is full), reject_pending(…, reason, plugin=…) pending → dropped,

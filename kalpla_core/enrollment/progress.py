@@ -31,12 +31,13 @@ are applied one after the other and the summary always counts every committed ro
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Integer, and_, case, func, select, update
+from sqlalchemy import Integer, and_, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -45,7 +46,7 @@ from kalpla_core.contract import CourseCompleted, LessonCompleted
 from kalpla_core.courses import access, structure
 from kalpla_core.courses.models import Course, Lesson, Module
 from kalpla_core.courses.service import Caller, visible_course
-from kalpla_core.db import utcnow
+from kalpla_core.db import UTCDateTime, utcnow
 from kalpla_core.enrollment import service as enrollments
 from kalpla_core.enrollment.models import SEATED, Enrollment, LessonProgress
 from kalpla_core.enrollment.state import lock_enrollment, serialise_writes
@@ -234,24 +235,24 @@ def _later(old: Any, new: Any) -> Any:
     return case((old.is_(None), new), (new.is_(None), old), (new > old, new), else_=old)
 
 
-def _upsert(session: Session, enrollment_id: str, lesson_id: str,
-            seen: Observation) -> tuple[LessonState, bool]:
-    """Merge the observation into the row (creating it): the merged row, and whether this
-    completed the lesson for the first time. One upsert statement on PostgreSQL and SQLite
-    alike, so concurrent writers never lose an update; the caller holds the enrollment lock,
-    so the completion read back is the one before this event."""
-    dialect = session.get_bind().dialect.name
+@functools.cache
+def _upsert_statement(dialect: str) -> Any:
+    """``INSERT … ON CONFLICT DO UPDATE`` of a progress row, built once per dialect (statements
+    here are built once and take their values as parameters: most of an event's cost would
+    otherwise go to building SQL)."""
     if dialect == "postgresql":
         stmt: Any = postgresql.insert(_LP)
     elif dialect == "sqlite":
         stmt = sqlite.insert(_LP)
     else:
         raise RuntimeError(f"progress upserts support PostgreSQL and SQLite, not {dialect}")
-    stmt = stmt.values(enrollment_id=enrollment_id, lesson_id=lesson_id,
-                       first_viewed_at=seen.occurred_at, last_event_at=seen.occurred_at,
-                       position_seconds=seen.position_seconds, max_percent=seen.percent)
+    stmt = stmt.values(enrollment_id=bindparam("enrollment_id"),
+                       lesson_id=bindparam("lesson_id"), first_viewed_at=bindparam("at"),
+                       last_event_at=bindparam("at"),
+                       position_seconds=bindparam("position_seconds"),
+                       max_percent=bindparam("percent"))
     new = stmt.excluded
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=[_LP.c.enrollment_id, _LP.c.lesson_id],
         set_={"first_viewed_at": _earlier(_LP.c.first_viewed_at, new.first_viewed_at),
               "last_event_at": _later(_LP.c.last_event_at, new.last_event_at),
@@ -259,25 +260,41 @@ def _upsert(session: Session, enrollment_id: str, lesson_id: str,
               "max_percent": _greater(_LP.c.max_percent, new.max_percent)},
     ).returning(_LP.c.id, _LP.c.first_viewed_at, _LP.c.last_event_at, _LP.c.position_seconds,
                 _LP.c.max_percent, _LP.c.completed_at, _LP.c.completed_by)
-    row = session.execute(stmt).one()
+
+
+_COMPLETION = {"completed_at": bindparam("at", type_=UTCDateTime()),
+               "completed_by": bindparam("by")}
+# The first completion; the guard makes a second, concurrent one a no-op, lock or not.
+_FIRST_COMPLETION = update(_LP).where(_LP.c.id == bindparam("row_id"),
+                                      _LP.c.completed_at.is_(None)).values(_COMPLETION)
+# A late event that completed the lesson earlier than recorded: the earliest counts.
+_EARLIER_COMPLETION = update(_LP).where(_LP.c.id == bindparam("row_id"),
+                                        _LP.c.completed_at > bindparam("at")).values(_COMPLETION)
+
+
+def _upsert(session: Session, enrollment_id: str, lesson_id: str,
+            seen: Observation) -> tuple[LessonState, bool]:
+    """Merge the observation into the row (creating it): the merged row, and whether this
+    completed the lesson for the first time. One upsert statement on PostgreSQL and SQLite
+    alike, so concurrent writers never lose an update; the caller holds the enrollment lock,
+    so the completion read back is the one before this event."""
+    at = seen.occurred_at
+    row = session.execute(_upsert_statement(session.get_bind().dialect.name), {
+        "enrollment_id": enrollment_id, "lesson_id": lesson_id, "at": at,
+        "position_seconds": seen.position_seconds, "percent": seen.percent}).one()
     state = LessonState(lesson_id, row.first_viewed_at, row.last_event_at,
                         row.position_seconds, row.max_percent, row.completed_at,
                         row.completed_by)
     if seen.completes is None:
         return state, False
-    at = seen.occurred_at
+    params = {"row_id": row.id, "at": at, "by": seen.completes}
     if state.completed_at is None:
-        # The guard makes a second, concurrent first completion a no-op, lock or not.
-        done = session.execute(update(_LP).where(_LP.c.id == row.id,
-                                                 _LP.c.completed_at.is_(None))
-                               .values(completed_at=at, completed_by=seen.completes)).rowcount
+        done = session.execute(_FIRST_COMPLETION, params).rowcount
         if done:
             state.completed_at, state.completed_by = at, seen.completes
         return state, bool(done)
     if at < state.completed_at:
-        # A late event that completed the lesson earlier than recorded: the earliest counts.
-        session.execute(update(_LP).where(_LP.c.id == row.id, _LP.c.completed_at > at)
-                        .values(completed_at=at, completed_by=seen.completes))
+        session.execute(_EARLIER_COMPLETION, params)
         state.completed_at, state.completed_by = at, seen.completes
     return state, False
 
@@ -312,16 +329,18 @@ def _summary_values() -> dict[str, Any]:
 
 _SUMMARY_COLUMNS = ("lessons_required", "lessons_completed", "progress_percent",
                     "structure_version", "last_lesson_id", "last_activity_at")
+_RECOMPUTE = (update(_E).where(_E.c.id.in_(bindparam("ids", expanding=True)))
+              .values(**_summary_values())
+              .returning(_E.c.id, _E.c.institution_id, _E.c.course_id, _E.c.user_id,
+                         _E.c.status, _E.c.expires_at,
+                         *[_E.c[name] for name in _SUMMARY_COLUMNS]))
 
 
 def _recompute(session: Session, enrollment_ids: Sequence[str]) -> list[Any]:
     """Rewrite the summaries of the (locked) enrollments; their new rows."""
     if not enrollment_ids:
         return []
-    rows = session.execute(
-        update(_E).where(_E.c.id.in_(enrollment_ids)).values(**_summary_values())
-        .returning(_E.c.id, _E.c.institution_id, _E.c.course_id, _E.c.user_id, _E.c.status,
-                   _E.c.expires_at, *[_E.c[name] for name in _SUMMARY_COLUMNS])).all()
+    rows = session.execute(_RECOMPUTE, {"ids": list(enrollment_ids)}).all()
     for row in rows:
         loaded = session.identity_map.get(session.identity_key(Enrollment, row.id))
         if isinstance(loaded, Enrollment):
@@ -358,13 +377,14 @@ def refresh_summary(session: Session, kalpla: Any, enrollment: Enrollment) -> bo
 # --- recording --------------------------------------------------------------------------------
 
 def _locked_enrollment(session: Session, course_id: str, user_id: str) -> Enrollment:
-    """The user's enrollment in the course, locked, if it lets them record progress."""
-    enrollment_id = session.scalar(select(Enrollment.id).where(
-        Enrollment.course_id == course_id, Enrollment.user_id == user_id))
-    if enrollment_id is None:
-        raise _not_enrolled()
-    enrollment = lock_enrollment(session, enrollment_id)
-    if enrollment.status not in SEATED or (
+    """The user's enrollment in the course, fresh and locked, if it lets them record
+    progress."""
+    serialise_writes(session)
+    enrollment = session.scalars(
+        select(Enrollment).where(Enrollment.course_id == course_id,
+                                 Enrollment.user_id == user_id)
+        .with_for_update().execution_options(populate_existing=True)).one_or_none()
+    if enrollment is None or enrollment.status not in SEATED or (
             enrollment.expires_at is not None and enrollment.expires_at <= utcnow()):
         raise _not_enrolled()
     return enrollment
