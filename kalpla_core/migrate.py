@@ -126,7 +126,10 @@ def heads(kalpla: Kalpla) -> dict[str, str]:
     with _config(kalpla) as cfg:
         script = ScriptDirectory.from_config(cfg)
         out = {}
-        for rev in script.get_revisions("heads"):
+        # get_heads, not get_revisions("heads"): the latter leaves out a core head that a
+        # plugin branch depends on (as plugins' first revisions do).
+        for head in script.get_heads():
+            rev = script.get_revision(head)
             branch = _branch_of(rev, known)
             if branch is not None:
                 out[branch] = rev.revision
