@@ -232,6 +232,25 @@ def test_roster_reads_in_bounded_queries(make_app, query_counter):
     assert count() == few
 
 
+def test_my_enrollments_read_in_bounded_queries(make_app, query_counter):
+    sc = scene(make_app)
+    w = sc.w
+    courses = [course(sc.client, w, slug=f"c{n}", capacity=1) for n in range(6)]
+    ok(sc.enroll(w.enrolled, courses[0]), 201)
+
+    def count() -> int:
+        headers = w.auth(w.student)
+        with query_counter() as q:
+            ok(sc.client.get("/api/v1/me/enrollments", headers=headers))
+        return q.count
+
+    ok(sc.enroll(w.student, courses[0]), 201)  # waitlisted: its place is read too
+    few = count()
+    for cid in courses[1:]:
+        ok(sc.enroll(w.student, cid), 201)
+    assert count() == few
+
+
 def test_my_enrollments_across_institutions(make_app):
     sc = scene(make_app)
     w = sc.w
