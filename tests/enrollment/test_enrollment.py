@@ -40,6 +40,7 @@ def test_student_enrolls_reads_it_and_events_follow_the_commit(make_app):
     sc = scene(make_app, {"spy": spy_plugin(events)})
     w = sc.w
     cid = course(sc.client, w, access_days=30)
+    course_etag = sc.client.get(f"/api/v1/courses/{cid}").headers["ETag"]
 
     r = sc.enroll(w.student, cid)
     body = ok(r, 201)
@@ -54,6 +55,8 @@ def test_student_enrolls_reads_it_and_events_follow_the_commit(make_app):
     assert transitions(events) == [("created", "active")]
     assert events[0].institution_id == w.school.id and events[0].user_id == w.student.id
     assert course_row(sc.app, cid).enrollment_count == 1
+    # Counting a seat is not an edit: the course's editors keep their ETag.
+    assert sc.client.get(f"/api/v1/courses/{cid}").headers["ETag"] == course_etag
 
     item = f"/api/v1/enrollments/{body['id']}"
     r = sc.client.get(item, headers=w.auth(w.student))
