@@ -120,6 +120,7 @@ class Lesson(TimestampMixin, Base):
     __table_args__ = (
         Index("ix_lessons_module_position", "module_id", "position"),
         Index("ix_lessons_course", "course_id"),
+        Index("ix_lessons_file", "file_id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, String
+from sqlalchemy import BigInteger, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kalpla_core.db import Base, UTCDateTime, new_id, utcnow
@@ -13,6 +13,10 @@ class StoredFile(Base):
     ``ready`` once the stored object was checked (size, type, checksum) on confirm."""
 
     __tablename__ = "files"
+    __table_args__ = (
+        # A course's resource list, page by page in order.
+        Index("ix_files_course_listing", "course_id", "purpose", "status", "created_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     institution_id: Mapped[str] = mapped_column(
