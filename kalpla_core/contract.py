@@ -201,3 +201,39 @@ class CourseCompleted(Event):
     enrollment_id: str
     course_id: str
     user_id: str
+
+
+# --- payments events (issue 6): announced by the payments plugin, heard by analytics ---------
+
+@dataclass(frozen=True, kw_only=True)
+class OrderPaid(Event):
+    name: ClassVar[str] = "kalpla.payments.order.paid.v1"
+    order_id: str
+    user_id: str | None
+    course_id: str | None
+    plan_id: str | None
+    amount: int  # minor units of ``currency``
+    currency: str
+    provider: str
+    invoice_number: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrderRefunded(Event):
+    name: ClassVar[str] = "kalpla.payments.order.refunded.v1"
+    order_id: str
+    user_id: str | None
+    amount: int  # refunded by this change
+    total_refunded: int
+    currency: str
+    status: str  # partially_refunded | refunded
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubscriptionChanged(Event):
+    name: ClassVar[str] = "kalpla.payments.subscription.changed.v1"
+    subscription_id: str
+    user_id: str
+    plan_id: str
+    status: str  # active | past_due | canceled | expired
+    current_period_end: str  # ISO 8601, UTC

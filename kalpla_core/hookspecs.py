@@ -31,10 +31,13 @@ from kalpla_core.contract import (
     LessonChanged,
     LessonCompleted,
     LessonKind,
+    OrderPaid,
+    OrderRefunded,
     Permission,
     PluginEnablementChanged,
     PluginMeta,
     Provider,
+    SubscriptionChanged,
     UserRegistered,
 )
 from kalpla_core.version import CONTRACT_VERSION
@@ -50,9 +53,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTRACT_VERSION", "CourseArchived", "CourseCompleted", "CoursePublished", "Decision",
     "EnrollmentCreated", "EnrollmentRequest", "EnrollmentStatusChanged", "Event",
-    "LessonAccessRequest", "LessonChanged", "LessonCompleted", "LessonKind", "Permission",
-    "PluginEnablementChanged", "PluginMeta", "Provider", "UserRegistered", "hookimpl",
-    "hookspec",
+    "LessonAccessRequest", "LessonChanged", "LessonCompleted", "LessonKind", "OrderPaid",
+    "OrderRefunded", "Permission", "PluginEnablementChanged", "PluginMeta", "Provider",
+    "SubscriptionChanged", "UserRegistered", "hookimpl", "hookspec",
 ]
 
 hookspec = pluggy.HookspecMarker("kalpla")
@@ -69,6 +72,7 @@ EVENT_HOOKS = (
     "kalpla_user_registered", "kalpla_enrollment_created", "kalpla_enrollment_status_changed",
     "kalpla_lesson_completed", "kalpla_course_completed", "kalpla_course_published",
     "kalpla_course_archived", "kalpla_lesson_changed", "kalpla_plugin_enablement_changed",
+    "kalpla_order_paid", "kalpla_order_refunded", "kalpla_subscription_changed",
 )
 DATA_HOOKS = ("kalpla_user_export", "kalpla_user_erase")
 
@@ -192,6 +196,23 @@ def kalpla_lesson_changed(event: LessonChanged) -> None:
 def kalpla_plugin_enablement_changed(event: PluginEnablementChanged) -> None:
     """A plugin was enabled (with its settings) or disabled for an institution; delivered to
     that plugin whether the change enabled or disabled it."""
+
+
+@hookspec
+def kalpla_order_paid(event: OrderPaid) -> None:
+    """An order was paid (``kalpla.payments.order.paid.v1``); announced by the payments
+    plugin."""
+
+
+@hookspec
+def kalpla_order_refunded(event: OrderRefunded) -> None:
+    """Part or all of a paid order was refunded (``kalpla.payments.order.refunded.v1``)."""
+
+
+@hookspec
+def kalpla_subscription_changed(event: SubscriptionChanged) -> None:
+    """A subscription started, renewed, fell behind or ended
+    (``kalpla.payments.subscription.changed.v1``)."""
 
 
 # --- data protection ----------------------------------------------------------------------

@@ -32,12 +32,14 @@ from kalpla_core.http.pagination import Page, PageArgs, page_of, page_response, 
 from kalpla_core.http.problems import APIError, abort
 from kalpla_core.idempotency.http import idempotent
 from kalpla_core.identity.models import User
+from kalpla_core.institutions.models import Institution
 from kalpla_core.jobs import JobContext, JobError
 from kalpla_core.plugins.dispatch import any_institution
 
 __all__ = [
-    "APIError", "Base", "Blueprint", "Course", "Enrollment", "JobContext", "JobError", "Page",
-    "PageArgs", "TimestampMixin", "UTCDateTime", "User", "abort", "activate_pending",
+    "APIError", "Base", "Blueprint", "Course", "Enrollment", "Institution", "JobContext",
+    "JobError", "Page", "PageArgs", "TimestampMixin", "UTCDateTime", "User", "abort",
+    "activate_pending",
     "any_institution", "aws_client", "complete_enrollment", "conditional_get",
     "current_enrollment", "current_institution", "current_user", "db_session",
     "drop_enrollment", "emit", "enqueue_job", "etag_of",
@@ -58,8 +60,8 @@ __all__ = [
 # drop_enrollment(…, reason) lets a student go, complete_enrollment(…) active → completed (the
 # progress engine calls it). ``@idempotent`` on a view honours an ``Idempotency-Key`` header.
 # ``current_enrollment(session, course_id, user_id)`` finds a user's enrollment in a course.
-# ``Course``, ``Enrollment`` and ``User`` are the core's models, for plugins to read (and to
-# point foreign keys at); they change only through the core's services.
+# ``Course``, ``Enrollment``, ``Institution`` and ``User`` are the core's models, for plugins
+# to read (and to point foreign keys at); they change only through the core's services.
 
 
 def plugin_settings(plugin: str, institution_id: str | None = None,

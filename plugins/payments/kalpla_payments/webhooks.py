@@ -1,0 +1,177 @@
+"""Applying provider events exactly once, in whatever order they come.
+
+Each event is first claimed by inserting ``(provider, event id)`` with ON CONFLICT DO NOTHING:
+of ten deliveries racing, one inserts the row and applies the event, the others wait for its
+commit (the unique index on PostgreSQL, the write lock on SQLite) and find it done. A
+delivery that fails rolls back its claim with everything else, so the provider's retry works.
+
+Order does not matter: refunds carry the total refunded so far (applied as "at least this
+much"), a refund seen before its payment pays the order first, and a paid order is never paid
+again. No Flask here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from kalpla_core.toolkit import APIError
+from kalpla_payments import access, credentials, events, orders
+from kalpla_payments.models import Order, ProviderEvent, Subscription
+from kalpla_payments.providers.base import PaymentEvent, ProviderError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    received: int = 0
+    applied: int = 0
+    duplicates: int = 0
+
+
+def claim(session: Session, provider: str, event: PaymentEvent, institution_id: str,
+          now: datetime) -> bool:
+    """Whether this delivery is the first of the event (the claim commits with the work)."""
+    stmt = access.insert_ignore(session, ProviderEvent).values(
+        provider=provider, event_id=event.event_id[:200], institution_id=institution_id,
+        type=event.type[:100], received_at=now).returning(ProviderEvent.id)
+    # Core-level, so the answer is the database's: a row id only when this insert made it.
+    return session.connection().execute(stmt).scalar() is not None
+
+
+def process(session: Session, kalpla: Any, institution_id: str, provider: str,
+            received: list[PaymentEvent], now: datetime) -> Outcome:
+    out = Outcome(received=len(received))
+    for event in received:
+        if not claim(session, provider, event, institution_id, now):
+            out.duplicates += 1
+            continue
+        apply(session, kalpla, institution_id, provider, event, now)
+        out.applied += 1
+    return out
+
+
+def find_order(session: Session, institution_id: str, provider: str,
+               event: PaymentEvent) -> Order | None:
+    clauses = []
+    if event.order_id:
+        clauses.append(Order.id == event.order_id)
+    if event.order_ref:
+        clauses.append(Order.provider_ref == event.order_ref)
+    if event.payment_id:
+        clauses.append(Order.provider_payment_id == event.payment_id)
+    if not clauses:
+        return None
+    return session.scalar(select(Order).where(
+        Order.institution_id == institution_id, Order.provider == provider, or_(*clauses))
+        .limit(1))
+
+
+def apply(session: Session, kalpla: Any, institution_id: str, provider: str,
+          event: PaymentEvent, now: datetime) -> None:
+    actor = f"provider:{provider}:{event.event_id}"[:200]
+    if event.kind == "subscription":
+        _apply_subscription(session, kalpla, institution_id, provider, event, now)
+        return
+    if event.kind == "ignored":
+        return
+    order = find_order(session, institution_id, provider, event)
+    if order is None:
+        log.warning("payment event for no known order", extra={
+            "provider": provider, "event_id": event.event_id, "type": event.type})
+        return
+    if event.kind == "paid":
+        _pay(session, kalpla, order, event.amount, event.payment_id, actor, event.type, now)
+        if event.subscription_ref:  # the gateway's subscription the plan's order started
+            sub = session.scalar(select(Subscription).where(Subscription.order_id == order.id))
+            if sub is not None and not sub.provider_ref:
+                sub.provider_ref = event.subscription_ref
+                session.flush()
+    elif event.kind == "failed":
+        orders.fail(session, order, status="failed", actor=actor, reason=event.type, now=now)
+    elif event.kind == "refunded":
+        # A refund that overtook its payment: the money was taken, so pay first.
+        if order.status not in orders.PAID_STATES and not _pay(
+                session, kalpla, order, event.paid_amount, event.payment_id, actor,
+                f"{event.type} (payment implied)", now):
+            return
+        orders.apply_refund(session, kalpla, order, total_refunded=event.amount, actor=actor,
+                            reason=event.type, reference=None, now=now)
+
+
+def _pay(session: Session, kalpla: Any, order: Order, amount: int, payment_id: str | None,
+         actor: str, reason: str, now: datetime) -> bool:
+    try:
+        orders.mark_paid(session, kalpla, order, amount=amount, payment_id=payment_id,
+                         actor=actor, reason=reason, reference=payment_id, now=now)
+    except APIError as exc:  # paid less than the total: recorded, not fulfilled
+        log.warning("payment event not applied: %s", exc.detail, extra={"order": order.id})
+        orders.record(session, order, order.status, actor, f"Not applied: {exc.detail}", now)
+        return False
+    return True
+
+
+def _apply_subscription(session: Session, kalpla: Any, institution_id: str, provider: str,
+                        event: PaymentEvent, now: datetime) -> None:
+    sub = None
+    if event.subscription_ref:
+        sub = session.scalar(select(Subscription).where(
+            Subscription.provider == provider,
+            Subscription.provider_ref == event.subscription_ref))
+    if sub is None and (event.order_id or event.order_ref):
+        order = find_order(session, institution_id, provider, event)
+        if order is not None:
+            sub = session.scalar(select(Subscription).where(Subscription.order_id == order.id))
+    if sub is None or sub.institution_id != institution_id:
+        log.warning("subscription event for no known subscription",
+                    extra={"provider": provider, "event_id": event.event_id})
+        return
+    if event.subscription_ref and not sub.provider_ref:
+        sub.provider_ref = event.subscription_ref
+    if event.status == "canceled":
+        access.end_subscription(session, kalpla, sub, "canceled",
+                                f"{event.type} from {provider}", now)
+        return
+    if sub.status in ("canceled", "expired"):
+        return  # an ended subscription is not revived by a late update
+    changed = False
+    if event.period_end is not None and event.period_end > sub.current_period_end:
+        sub.current_period_end = event.period_end
+        changed = True
+    if event.status in access.LIVE_SUBSCRIPTION and event.status != sub.status:
+        sub.status = event.status
+        changed = True
+    session.flush()
+    if changed:
+        access.activate_covered(session, kalpla, sub, now)
+        events.subscription_changed(session, kalpla, sub, now)
+
+
+def reconcile(session: Session, kalpla: Any, now: datetime) -> dict[str, int]:
+    """Ask each gateway about pending orders and apply what it says (as a lost webhook would
+    have), expire pending orders past their time, and expire lapsed subscriptions."""
+    applied = asked = 0
+    pending = list(session.scalars(select(Order).where(
+        Order.status == "pending", Order.provider_ref.is_not(None)).order_by(Order.id)))
+    for order in pending:
+        provider = orders.provider_of(kalpla, order.provider)
+        assert order.provider_ref is not None
+        try:
+            found = provider.poll(credentials.load(session, kalpla, order.institution_id,
+                                                   order.provider), order.provider_ref)
+        except ProviderError as exc:
+            log.warning("reconcile: %s", exc, extra={"order": order.id})
+            continue
+        asked += 1
+        applied += process(session, kalpla, order.institution_id, order.provider, found,
+                           now).applied
+    expired = orders.expire_due(session, now)
+    lapsed = access.expire_subscriptions(session, kalpla, now)
+    return {"asked": asked, "applied": applied, "expired_orders": expired,
+            "expired_subscriptions": lapsed}

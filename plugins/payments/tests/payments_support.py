@@ -1,0 +1,233 @@
+"""Shared set-up of the payments tests: a school with its people, paid courses made over HTTP,
+local fake Stripe and Razorpay API servers, and webhooks signed with each provider's own
+algorithm. Nothing here reaches the internet."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl
+
+from sqlalchemy import select
+
+from kalpla_core.testing import Factories
+from kalpla_core.toolkit import Enrollment
+
+STRIPE_KEYS = {"secret_key": "sk_test_school", "webhook_secret": "whsec_school"}
+RAZORPAY_KEYS = {"key_id": "rzp_test_school", "key_secret": "rzp_secret_school",
+                 "webhook_secret": "rzp_whsec_school"}
+
+
+def ok(response: Any, status: int = 200) -> Any:
+    assert response.status_code == status, (response.status_code, response.get_data(True))
+    return response.json if response.get_data() else None
+
+
+def problem(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, (response.status_code, response.get_data(True))
+    assert response.content_type == "application/problem+json"
+    return response.json
+
+
+@dataclass
+class School:
+    app: Any
+    client: Any
+    factories: Factories
+    inst: Any
+    other: Any
+    admin: Any
+    instructor: Any
+    student: Any
+    student2: Any
+
+    @property
+    def kalpla(self) -> Any:
+        return self.app.extensions["kalpla"]
+
+    def auth(self, user: Any, inst: Any = None) -> dict[str, str]:
+        return self.factories.auth(user, inst or self.inst)
+
+    def course(self, slug: str, price: int | None = None, currency: str = "INR") -> str:
+        body = ok(self.client.post("/api/v1/courses", json={"slug": slug, "title": slug.title()},
+                                   headers=self.auth(self.instructor)), 201)
+        ok(self.client.post(f"/api/v1/courses/{body['id']}/publish",
+                            headers=self.auth(self.instructor)))
+        if price is not None:
+            ok(self.client.put(f"/api/v1/payments/prices/{body['id']}",
+                               json={"amount": price, "currency": currency},
+                               headers=self.auth(self.admin)))
+        return str(body["id"])
+
+    def enroll(self, user: Any, course_id: str) -> Any:
+        return self.client.post(f"/api/v1/courses/{course_id}/enrollments",
+                                headers=self.auth(user))
+
+    def enrollment(self, course_id: str, user: Any) -> Enrollment | None:
+        with self.kalpla.db.session() as s:
+            return s.scalar(select(Enrollment).where(Enrollment.course_id == course_id,
+                                                     Enrollment.user_id == user.id))
+
+    def status(self, course_id: str, user: Any) -> str | None:
+        e = self.enrollment(course_id, user)
+        return e.status if e else None
+
+    def order(self, order_id: str, user: Any | None = None) -> dict[str, Any]:
+        return ok(self.client.get(f"/api/v1/payments/orders/{order_id}",
+                                  headers=self.auth(user or self.admin)))
+
+    def set_keys(self, provider: str, values: dict[str, str]) -> None:
+        ok(self.client.put(f"/api/v1/payments/credentials/{provider}",
+                           json={"values": values}, headers=self.auth(self.admin)))
+
+
+def school(make_app: Any, settings: dict[str, Any] | None = None, **config: Any) -> School:
+    app = make_app(plugins=["payments"])
+    for key, value in config.items():
+        app.config[key] = value
+    f = Factories(app)
+    inst = f.institution("school", plugins={"payments": settings or {}})
+    other = f.institution("other")
+    return School(app=app, client=app.test_client(), factories=f, inst=inst, other=other,
+                  admin=f.user(name="Ada Admin", roles={inst: ["admin"]}),
+                  instructor=f.user(name="Ines Instructor", roles={inst: ["mentor"]}),
+                  student=f.user(name="Sam Student", roles={inst: ["student"]}),
+                  student2=f.user(name="Tia Student", roles={inst: ["student"]}))
+
+
+# --- signing, as the providers do -----------------------------------------------------------
+
+def stripe_signature(body: bytes, secret: str, timestamp: int | None = None) -> str:
+    ts = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={ts},v1={mac}"
+
+
+def stripe_event(event_id: str, type_: str, obj: dict[str, Any]) -> bytes:
+    return json.dumps({"id": event_id, "object": "event", "type": type_,
+                       "data": {"object": obj}}).encode()
+
+
+def razorpay_hmac(secret: str, message: bytes) -> str:
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+# --- fake gateways ----------------------------------------------------------------------------
+
+def _nest(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Stripe's form encoding (``a[b][0][c]=v``) as nested dicts (lists keyed by index)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        parts = key.replace("]", "").split("[")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+@dataclass
+class FakeGateway:
+    url: str = ""
+    calls: list[tuple[str, str, Any]] = field(default_factory=list)
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    counter: Any = field(default_factory=lambda: itertools.count(1))
+
+    def next_id(self, prefix: str) -> str:
+        return f"{prefix}_{next(self.counter)}"
+
+
+def _stripe(fake: FakeGateway, method: str, path: str, auth: str, body: bytes) -> Any:
+    if auth != f"Bearer {STRIPE_KEYS['secret_key']}":
+        return 401, {"error": {"type": "invalid_request_error", "message": "bad key"}}
+    form = _nest(parse_qsl(body.decode()))
+    fake.calls.append((method, path, form))
+    if method == "POST" and path == "/v1/checkout/sessions":
+        sid, pid = fake.next_id("cs_test"), fake.next_id("pi")
+        item = form["line_items"]["0"]["price_data"]
+        meta = form.get("metadata", {})
+        fake.objects[pid] = {"id": pid, "object": "payment_intent", "metadata": meta}
+        fake.objects[sid] = {"id": sid, "object": "checkout.session", "mode": form["mode"],
+                             "url": f"{fake.url}/pay/{sid}", "status": "open",
+                             "payment_status": "unpaid", "metadata": meta,
+                             "amount_total": int(item["unit_amount"]),
+                             "currency": item["currency"], "payment_intent": pid}
+        return 200, fake.objects[sid]
+    if method == "GET" and path.split("/")[-1] in fake.objects:
+        return 200, fake.objects[path.split("/")[-1]]
+    if method == "POST" and path == "/v1/refunds":
+        rid = fake.next_id("re")
+        return 200, {"id": rid, "object": "refund", "amount": int(form["amount"]),
+                     "payment_intent": form["payment_intent"], "status": "succeeded"}
+    return 404, {"error": {"type": "invalid_request_error", "message": f"no {path}"}}
+
+
+def _razorpay(fake: FakeGateway, method: str, path: str, auth: str, body: bytes) -> Any:
+    import base64
+
+    expected = base64.b64encode(
+        f"{RAZORPAY_KEYS['key_id']}:{RAZORPAY_KEYS['key_secret']}".encode()).decode()
+    if auth != f"Basic {expected}":
+        return 401, {"error": {"code": "BAD_REQUEST_ERROR", "description": "bad key"}}
+    data = json.loads(body) if body else {}
+    fake.calls.append((method, path, data))
+    if method == "POST" and path == "/v1/orders":
+        oid = fake.next_id("order")
+        fake.objects[oid] = {"id": oid, "entity": "order", "amount": data["amount"],
+                             "currency": data["currency"], "receipt": data["receipt"],
+                             "notes": data.get("notes", {}), "status": "created",
+                             "payments": []}
+        return 200, {k: v for k, v in fake.objects[oid].items() if k != "payments"}
+    parts = path.strip("/").split("/")
+    if method == "GET" and len(parts) == 4 and parts[1] == "orders" and parts[3] == "payments":
+        order = fake.objects.get(parts[2])
+        return (200, {"entity": "collection", "items": order["payments"]}) if order \
+            else (404, {"error": {"code": "BAD_REQUEST_ERROR", "description": "no order"}})
+    if method == "POST" and len(parts) == 4 and parts[1] == "payments" and parts[3] == "refund":
+        return 200, {"id": fake.next_id("rfnd"), "entity": "refund", "payment_id": parts[2],
+                     "amount": data["amount"], "status": "processed"}
+    return 404, {"error": {"code": "BAD_REQUEST_ERROR", "description": f"no {path}"}}
+
+
+@contextmanager
+def fake_server(kind: str) -> Iterator[FakeGateway]:
+    """A local HTTP server speaking enough of Stripe's or Razorpay's API for the plugin."""
+    fake = FakeGateway()
+    handle = _stripe if kind == "stripe" else _razorpay
+
+    class Handler(BaseHTTPRequestHandler):
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            status, payload = handle(fake, self.command, self.path.split("?")[0],
+                                     self.headers.get("Authorization", ""), body)
+            raw = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        do_GET = do_POST = _serve
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()
