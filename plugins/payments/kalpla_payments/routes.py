@@ -373,6 +373,8 @@ class Webhook(MethodView):
         if inst is None:
             raise APIError(404, "Nothing is found here.")
         require_enabled(PLUGIN, inst.id)
+        if provider not in kalpla().providers.names(orders.PORT):
+            raise APIError(400, f"There is no payment provider {provider!r}.", "bad-webhook")
         gateway = orders.provider_of(kalpla(), provider)
         body = request.get_data(cache=False)
         try:

@@ -187,7 +187,16 @@ def _razorpay(fake: FakeGateway, method: str, path: str, auth: str, body: bytes)
                              "notes": data.get("notes", {}), "status": "created",
                              "payments": []}
         return 200, {k: v for k, v in fake.objects[oid].items() if k != "payments"}
+    if method == "POST" and path in ("/v1/plans", "/v1/subscriptions"):
+        oid = fake.next_id("plan" if path == "/v1/plans" else "sub")
+        fake.objects[oid] = {"id": oid, **data}
+        if oid.startswith("sub_"):
+            fake.objects[oid].update(status="created", paid_count=0,
+                                     short_url=f"{fake.url}/rzp/{oid}")
+        return 200, fake.objects[oid]
     parts = path.strip("/").split("/")
+    if method == "GET" and len(parts) == 3 and parts[2] in fake.objects:
+        return 200, fake.objects[parts[2]]
     if method == "GET" and len(parts) == 4 and parts[1] == "orders" and parts[3] == "payments":
         order = fake.objects.get(parts[2])
         return (200, {"entity": "collection", "items": order["payments"]}) if order \

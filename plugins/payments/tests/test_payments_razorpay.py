@@ -4,6 +4,7 @@ payment signature checked with the key secret, signed webhooks, refunds, reconci
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from click.testing import CliRunner
@@ -114,3 +115,69 @@ def test_reconcile_asks_razorpay_about_pending_orders(make_app):
         assert "applied=1" in out.output, out.output
         assert s.order(action["order_id"])["status"] == "paid"
         assert s.status(cid, s.student) == "active"
+
+
+def test_a_razorpay_subscription_grants_its_courses_until_cancelled(make_app):
+    with fake_server("razorpay") as fake:
+        s = _rzp_school(make_app, fake)
+        a = s.course("alpha", price=1000)
+        plan = ok(s.client.post("/api/v1/payments/plans", json={
+            "name": "Alpha monthly", "amount": 300, "currency": "INR", "period_days": 30,
+            "course_ids": [a]}, headers=s.auth(s.admin)), 201)
+        order = ok(s.client.post("/api/v1/payments/orders", json={"plan_id": plan["id"]},
+                                 headers=s.auth(s.student)), 201)
+        sub_ref = order["checkout"]["razorpay_subscription_id"]
+        rzp_plan = fake.objects[fake.objects[sub_ref]["plan_id"]]
+        assert (rzp_plan["period"], rzp_plan["interval"]) == ("daily", 30)
+        assert rzp_plan["item"]["amount"] == 300
+        # The widget's answer for a subscription is signed over payment_id|subscription_id.
+        url = f"/api/v1/payments/orders/{order['id']}/confirm"
+        wrong = razorpay_hmac(RAZORPAY_KEYS["key_secret"], f"{sub_ref}|pay_s1".encode())
+        problem(s.client.post(url, json={"payment_id": "pay_s1", "signature": wrong},
+                              headers=s.auth(s.student)), 400)
+        assert ok(s.enroll(s.student, a), 202)["status"] == "pending"
+
+        end = int(time.time()) + 30 * 86400
+        charged = {"event": "subscription.charged", "payload": {
+            "subscription": {"entity": {"id": sub_ref, "status": "active", "current_end": end,
+                                        "notes": {"order_id": order["id"]}}},
+            "payment": {"entity": {"id": "pay_s1", "amount": 300}}}}
+        ok(_webhook(s, charged, "evt_c1"))
+        ok(_webhook(s, charged, "evt_c1"))
+        assert s.order(order["id"])["status"] == "paid"
+        assert s.status(a, s.student) == "active"
+        (sub,) = ok(s.client.get("/api/v1/payments/subscriptions",
+                                 headers=s.auth(s.student)))["items"]
+        assert sub["status"] == "active" and sub["current_period_end"].startswith(
+            time.strftime("%Y-%m-%d", time.gmtime(end)))
+        cancelled = {"event": "subscription.cancelled", "payload": {"subscription": {
+            "entity": {"id": sub_ref, "status": "cancelled", "current_end": end}}}}
+        ok(_webhook(s, cancelled, "evt_x"))
+        assert s.status(a, s.student) == "dropped"
+        # A late charge event of the ended subscription does not revive it.
+        ok(_webhook(s, charged, "evt_c2"))
+        assert s.status(a, s.student) == "dropped"
+
+
+def test_reconcile_finds_a_charged_razorpay_subscription(make_app):
+    with fake_server("razorpay") as fake:
+        s = _rzp_school(make_app, fake)
+        a = s.course("alpha", price=1000)
+        plan = ok(s.client.post("/api/v1/payments/plans", json={
+            "name": "Alpha", "amount": 300, "currency": "INR", "period_days": 7,
+            "course_ids": [a]}, headers=s.auth(s.admin)), 201)
+        order = ok(s.client.post("/api/v1/payments/orders", json={"plan_id": plan["id"]},
+                                 headers=s.auth(s.student)), 201)
+        sub_ref = order["checkout"]["razorpay_subscription_id"]
+        from kalpla_payments.cli import payments
+
+        with s.app.app_context():
+            out = CliRunner().invoke(payments, ["reconcile"], catch_exceptions=False)
+        assert "applied=0" in out.output and s.order(order["id"])["status"] == "pending"
+        end = int(time.time()) + 7 * 86400
+        fake.objects[sub_ref].update(status="active", paid_count=1, current_end=end)
+        with s.app.app_context():
+            out = CliRunner().invoke(payments, ["reconcile"], catch_exceptions=False)
+        assert "applied=2" in out.output, out.output
+        assert s.order(order["id"])["status"] == "paid"
+        assert ok(s.enroll(s.student, a), 201)["status"] == "active"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import razorpay
@@ -28,6 +29,12 @@ from kalpla_payments.providers.base import (
 )
 
 CLIENT_ERRORS = (BadRequestError, GatewayError, ServerError, requests.RequestException)
+# Billing cycles a subscription runs for at most (Razorpay asks for a count); it is ended
+# earlier by cancelling it at Razorpay, whose event ends it here.
+SUBSCRIPTION_CYCLES = 120
+SUBSCRIPTION_STATUS = {"authenticated": "active", "active": "active", "pending": "past_due",
+                       "halted": "past_due", "cancelled": "canceled", "completed": "canceled",
+                       "expired": "canceled"}
 
 
 def _header(headers: Mapping[str, str], name: str) -> str:
@@ -50,23 +57,50 @@ class RazorpayProvider:
 
     def start_checkout(self, credentials: Mapping[str, str],
                        request: CheckoutRequest) -> Checkout:
+        notes = {"order_id": request.order_id}
         try:
-            order = self._client(credentials).order.create({
+            client = self._client(credentials)
+            if request.period_days:
+                return self._start_subscription(client, credentials, request)
+            order = client.order.create({
                 "amount": request.amount, "currency": request.currency,
-                "receipt": request.order_id[:40], "notes": {"order_id": request.order_id}})
+                "receipt": request.order_id[:40], "notes": notes})
         except CLIENT_ERRORS as exc:
             raise ProviderError(str(exc)) from None
         return Checkout(provider_ref=order["id"], url=None, client={
             "razorpay_order_id": order["id"], "key_id": credentials["key_id"],
             "amount": request.amount, "currency": request.currency})
 
+    def _start_subscription(self, client: razorpay.Client, credentials: Mapping[str, str],
+                            request: CheckoutRequest) -> Checkout:
+        """A Razorpay plan billed every ``period_days`` days, and a subscription to it that
+        the buyer authorises in the widget (or at its hosted ``short_url``)."""
+        plan = client.plan.create({"period": "daily", "interval": request.period_days,
+                                   "item": {"name": request.description[:100],
+                                            "amount": request.amount,
+                                            "currency": request.currency},
+                                   "notes": {"order_id": request.order_id}})
+        sub = client.subscription.create({"plan_id": plan["id"], "total_count": SUBSCRIPTION_CYCLES,
+                                          "customer_notify": 1,
+                                          "notes": {"order_id": request.order_id}})
+        return Checkout(provider_ref=sub["id"], url=sub.get("short_url"), client={
+            "razorpay_subscription_id": sub["id"], "key_id": credentials["key_id"],
+            "amount": request.amount, "currency": request.currency})
+
     def confirm_payment(self, credentials: Mapping[str, str], order_ref: str,
                         payment_id: str, signature: str, amount: int) -> PaymentEvent:
-        """The widget's answer, checked with the key secret: a ``paid`` event."""
+        """The widget's answer, checked with the key secret (``order_id|payment_id``, or
+        ``payment_id|subscription_id`` for a subscription): a ``paid`` event."""
+        utility = self._client(credentials).utility
         try:
-            self._client(credentials).utility.verify_payment_signature({
-                "razorpay_order_id": order_ref, "razorpay_payment_id": payment_id,
-                "razorpay_signature": signature})
+            if order_ref.startswith("sub_"):
+                utility.verify_subscription_payment_signature({
+                    "razorpay_subscription_id": order_ref, "razorpay_payment_id": payment_id,
+                    "razorpay_signature": signature})
+            else:
+                utility.verify_payment_signature({
+                    "razorpay_order_id": order_ref, "razorpay_payment_id": payment_id,
+                    "razorpay_signature": signature})
         except SignatureVerificationError:
             raise WebhookError("the payment signature does not match") from None
         return PaymentEvent(f"payment:{payment_id}", "payment.signed", "paid",
@@ -88,7 +122,32 @@ class RazorpayProvider:
             raise WebhookError("not a Razorpay event")
         # Razorpay names each delivery's event in a header; the body's digest stands in.
         event_id = _header(headers, "X-Razorpay-Event-Id") or hashlib.sha256(body).hexdigest()
+        if str(event["event"]).startswith("subscription."):
+            return self._read_subscription(event_id, event)
         return [self._read(event_id, event)]
+
+    def _read_subscription(self, event_id: str, event: dict[str, Any]) -> list[PaymentEvent]:
+        """A subscription event: its state, plus the payment of a charged cycle (the first
+        one pays the plan's order). One delivery, so the parts get ids of their own."""
+        etype = str(event["event"])
+        payload = event.get("payload") or {}
+        sub = (payload.get("subscription") or {}).get("entity") or {}
+        notes = sub.get("notes") or {}
+        order_id = notes.get("order_id") if isinstance(notes, dict) else None
+        end = sub.get("current_end")
+        out = []
+        payment = (payload.get("payment") or {}).get("entity") or {}
+        if etype == "subscription.charged" and payment.get("id"):
+            out.append(PaymentEvent(f"{event_id}:payment", etype, "paid", order_id=order_id,
+                                    order_ref=sub.get("id"), payment_id=payment["id"],
+                                    amount=int(payment.get("amount") or 0),
+                                    subscription_ref=sub.get("id")))
+        out.append(PaymentEvent(
+            f"{event_id}:state", etype, "subscription", order_id=order_id,
+            order_ref=sub.get("id"), subscription_ref=sub.get("id"),
+            status=SUBSCRIPTION_STATUS.get(str(sub.get("status")), "past_due"),
+            period_end=datetime.fromtimestamp(int(end), UTC) if end else None))
+        return out
 
     def _read(self, event_id: str, event: dict[str, Any]) -> PaymentEvent:
         etype = str(event["event"])
@@ -112,7 +171,10 @@ class RazorpayProvider:
 
     def poll(self, credentials: Mapping[str, str], provider_ref: str) -> list[PaymentEvent]:
         try:
-            found = self._client(credentials).order.payments(provider_ref)
+            client = self._client(credentials)
+            if provider_ref.startswith("sub_"):
+                return self._poll_subscription(client, provider_ref)
+            found = client.order.payments(provider_ref)
         except CLIENT_ERRORS as exc:
             raise ProviderError(str(exc)) from None
         for payment in found.get("items", []):
@@ -121,6 +183,20 @@ class RazorpayProvider:
                                      order_ref=provider_ref, payment_id=payment["id"],
                                      amount=int(payment.get("amount") or 0))]
         return []
+
+    def _poll_subscription(self, client: razorpay.Client, ref: str) -> list[PaymentEvent]:
+        sub = client.subscription.fetch(ref)
+        if int(sub.get("paid_count") or 0) < 1:
+            return []
+        plan = client.plan.fetch(sub["plan_id"])
+        end = sub.get("current_end")
+        return [PaymentEvent(f"poll:{ref}:first", "subscription.poll", "paid", order_ref=ref,
+                             amount=int((plan.get("item") or {}).get("amount") or 0),
+                             subscription_ref=ref),
+                PaymentEvent(f"poll:{ref}:{end}", "subscription.poll", "subscription",
+                             order_ref=ref, subscription_ref=ref,
+                             status=SUBSCRIPTION_STATUS.get(str(sub.get("status")), "past_due"),
+                             period_end=datetime.fromtimestamp(int(end), UTC) if end else None)]
 
     def refund(self, credentials: Mapping[str, str], payment_id: str, amount: int,
                reason: str) -> str:
