@@ -15,9 +15,11 @@ from kalpla_core.toolkit import (
     Institution,
     User,
     any_institution,
+    conditional_get,
     current_institution,
     current_user,
     db_session,
+    etag_of,
     idempotent,
     kalpla,
     page_of,
@@ -25,7 +27,9 @@ from kalpla_core.toolkit import (
     paginate,
     plugin_settings,
     require_enabled,
+    require_if_match,
     require_permission,
+    set_etag,
     utcnow,
 )
 from kalpla_payments import catalog, credentials, orders, reports, webhooks
@@ -80,26 +84,37 @@ def _order(order_id: str) -> tuple[Order, User]:
 
 # --- what is sold ---------------------------------------------------------------------------
 
+def _price_etag(price: CoursePrice) -> str:
+    return etag_of("payments-price", price.course_id, price.updated_at.isoformat())
+
+
 @blp.route("/prices/<course_id>")
 class Price(MethodView):
     @blp.response(200, PriceSchema)
     def get(self, course_id: str) -> Any:
-        """A course's price (anyone); 404 for a free course."""
+        """A course's price (anyone), with its ETag; 404 for a free course."""
         session = db_session()
         catalog.course_of(session, current_institution().id, course_id)
         price = session.get(CoursePrice, course_id)
         if price is None:
             raise APIError(404, "The course has no price: it is free.", "not-found")
+        conditional_get(_price_etag(price))
         return catalog.price_view(price, utcnow())
 
     @blp.arguments(PriceSchema)
     @blp.response(200, PriceSchema)
     @blp.doc(security=BEARER)
     def put(self, data: dict[str, Any], course_id: str) -> Any:
-        """Set a course's price (``payments.manage``)."""
+        """Set a course's price (``payments.manage``); changing an existing price needs its
+        ETag in ``If-Match``."""
         inst = current_institution()
         require_permission(MANAGE, inst.id)
-        price = catalog.set_price(db_session(), inst.id, course_id, data)
+        session = db_session()
+        existing = session.get(CoursePrice, course_id)
+        if existing is not None and existing.institution_id == inst.id:
+            require_if_match(_price_etag(existing))
+        price = catalog.set_price(session, inst.id, course_id, data)
+        set_etag(_price_etag(price))
         return catalog.price_view(price, utcnow())
 
     @blp.response(204)

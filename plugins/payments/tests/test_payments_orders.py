@@ -233,3 +233,28 @@ def test_events_for_analytics_after_commit(make_app):
         ("kalpla.payments.order.refunded.v1", order["id"])]
     assert heard[0].amount == 900 and heard[0].invoice_number == 1
     assert (heard[1].amount, heard[1].status) == (100, "partially_refunded")
+
+
+def test_prices_changes_need_the_etag_and_sales_apply_in_their_window(make_app):
+    s = school(make_app)
+    cid = s.course("c", price=1000)
+    url = f"/api/v1/payments/prices/{cid}"
+    school_header = {"Kalpla-Institution": "school"}
+    first = s.client.get(url, headers=school_header)  # anyone may read a price
+    assert ok(first)["current_amount"] == 1000
+    etag = first.headers["ETag"]
+    assert s.client.get(url, headers={**school_header, "If-None-Match": etag}).status_code \
+        == 304
+    now = datetime.now(UTC)
+    sale = {"amount": 1000, "currency": "INR", "sale_amount": 600,
+            "sale_starts_at": (now - timedelta(hours=1)).isoformat(),
+            "sale_ends_at": (now + timedelta(hours=1)).isoformat()}
+    problem(s.client.put(url, json=sale, headers=s.auth(s.admin)), 428)
+    problem(s.client.put(url, json=sale, headers={**s.auth(s.admin), "If-Match": '"x"'}), 412)
+    changed = s.client.put(url, json=sale, headers={**s.auth(s.admin), "If-Match": etag})
+    assert ok(changed)["current_amount"] == 600 and changed.headers["ETag"] != etag
+    order = ok(s.client.post("/api/v1/payments/orders", json={"course_id": cid},
+                             headers=s.auth(s.student)), 201)
+    assert order["subtotal"] == 600
+    bad = {**sale, "sale_ends_at": sale["sale_starts_at"]}
+    problem(s.client.put(url, json=bad, headers={**s.auth(s.admin), "If-Match": "*"}), 422)
