@@ -65,12 +65,17 @@ def create_plan(session: Session, institution_id: str, data: dict[str, Any]) -> 
     return plan
 
 
-def plan_view(session: Session, plan: Plan) -> dict[str, Any]:
-    ids = list(session.scalars(select(PlanCourse.course_id).where(
-        PlanCourse.plan_id == plan.id).order_by(PlanCourse.course_id)))
-    return {"id": plan.id, "name": plan.name, "amount": plan.amount, "currency": plan.currency,
-            "period_days": plan.period_days, "all_courses": plan.all_courses,
-            "course_ids": ids, "active": plan.active}
+def plan_views(session: Session, plans: list[Plan]) -> list[dict[str, Any]]:
+    """The plans with their course ids, in one query for all of them."""
+    courses: dict[str, list[str]] = {p.id: [] for p in plans}
+    if plans:
+        for plan_id, course_id in session.execute(select(
+                PlanCourse.plan_id, PlanCourse.course_id).where(
+                PlanCourse.plan_id.in_(list(courses))).order_by(PlanCourse.course_id)):
+            courses[plan_id].append(course_id)
+    return [{"id": p.id, "name": p.name, "amount": p.amount, "currency": p.currency,
+             "period_days": p.period_days, "all_courses": p.all_courses,
+             "course_ids": courses[p.id], "active": p.active} for p in plans]
 
 
 def create_coupon(session: Session, institution_id: str, data: dict[str, Any]) -> Coupon:

@@ -136,7 +136,7 @@ class Plans(MethodView):
         stmt = select(Plan).where(Plan.institution_id == current_institution().id,
                                   Plan.active.is_(True))
         page = paginate(session, stmt, [(Plan.id, "asc")], args["limit"], args["cursor"])
-        page.items = [catalog.plan_view(session, p) for p in page.items]
+        page.items = catalog.plan_views(session, page.items)
         return page_response(page)
 
     @blp.arguments(PlanSchema)
@@ -147,7 +147,7 @@ class Plans(MethodView):
         inst = current_institution()
         require_permission(MANAGE, inst.id)
         session = db_session()
-        return catalog.plan_view(session, catalog.create_plan(session, inst.id, data))
+        return catalog.plan_views(session, [catalog.create_plan(session, inst.id, data)])[0]
 
 
 @blp.route("/coupons")

@@ -258,3 +258,29 @@ def test_prices_changes_need_the_etag_and_sales_apply_in_their_window(make_app):
     assert order["subtotal"] == 600
     bad = {**sale, "sale_ends_at": sale["sale_starts_at"]}
     problem(s.client.put(url, json=bad, headers={**s.auth(s.admin), "If-Match": "*"}), 422)
+
+
+def test_listing_plans_costs_the_same_queries_whatever_their_number(make_app):
+    from kalpla_core.testing import count_queries
+
+    s = school(make_app)
+    cids = [s.course(f"c{i}", price=100) for i in range(3)]
+
+    def add_plan(n: int) -> None:
+        ok(s.client.post("/api/v1/payments/plans", json={
+            "name": f"P{n}", "amount": 10, "currency": "INR", "period_days": 30,
+            "course_ids": cids[: 1 + n % 3]}, headers=s.auth(s.admin)), 201)
+
+    def listing() -> tuple[int, list]:
+        with count_queries(s.kalpla.db.engine) as q:
+            items = ok(s.client.get("/api/v1/payments/plans?limit=50",
+                                    headers=s.auth(s.student)))["items"]
+        return q.count, items
+
+    add_plan(0)
+    few, items = listing()
+    assert items[0]["course_ids"] == sorted(cids[:1])
+    for n in range(1, 6):
+        add_plan(n)
+    many, items = listing()
+    assert len(items) == 6 and many == few
