@@ -184,18 +184,20 @@ def end_subscription(session: Session, kalpla: Any, sub: Subscription, status: s
     sub.ended_at = now
     session.flush()
     plan = session.get(Plan, sub.plan_id)
-    courses = select(Course).join(CoursePrice, CoursePrice.course_id == Course.id).where(
-        CoursePrice.amount > 0)
+    covered = select(CoursePrice.course_id).where(CoursePrice.amount > 0)
     if plan is not None and plan.all_courses:
-        courses = courses.where(Course.institution_id == plan.institution_id)
+        covered = covered.where(CoursePrice.institution_id == plan.institution_id)
     else:
-        courses = courses.where(Course.id.in_(select(PlanCourse.course_id).where(
+        covered = covered.where(CoursePrice.course_id.in_(select(PlanCourse.course_id).where(
             PlanCourse.plan_id == sub.plan_id)))
-    for course in list(session.scalars(courses.order_by(Course.id))):
-        enrollment = current_enrollment(session, course.id, sub.user_id)
-        if enrollment is None or enrollment.status not in HOLDING:
-            continue
-        if entitled(session, sub.user_id, course, now, ignore_subscription=sub.id):
+    # The subscriber's standing enrollments in those courses (not every covered course).
+    held = list(session.scalars(select(Enrollment).where(
+        Enrollment.user_id == sub.user_id, Enrollment.status.in_(HOLDING),
+        Enrollment.course_id.in_(covered)).order_by(Enrollment.course_id)))
+    for enrollment in held:
+        course = session.get(Course, enrollment.course_id)
+        if course is None or entitled(session, sub.user_id, course, now,
+                                      ignore_subscription=sub.id):
             continue
         drop_enrollment(session, kalpla, enrollment.id, f"Subscription ended: {reason}",
                         now=now)
