@@ -140,6 +140,124 @@ def enable_plugins(session: Session, kalpla: Kalpla) -> list[tuple[str, str]]:
     return done
 
 
+@dataclass(frozen=True)
+class DemoCourse:
+    institution: str
+    slug: str
+    title: str
+    summary: str
+    author: str  # a mentor's email
+    tags: tuple[str, ...]
+    level: str
+    publish: bool = True
+    capacity: int | None = None
+    # Modules: (title, ((lesson title, kind, body or video URL, preview), …))
+    modules: tuple[tuple[str, tuple[tuple[str, str, str, bool], ...]], ...] = ()
+    students: tuple[str, ...] = ()
+
+
+_PY_MODULES = (
+    ("Getting started", (
+        ("Welcome", "text", "# Welcome\n\nWhat this course covers and how to follow it.", True),
+        ("Installing Python", "video", "https://videos.example.org/python/install.mp4", False),
+    )),
+    ("The basics", (
+        ("Values and variables", "text", "Numbers, strings and the names that hold them.", False),
+        ("Making decisions", "text", "`if`, `elif` and `else`, with worked examples.", False),
+        ("Repeating work", "text", "`for` and `while` loops.", False),
+    )),
+)
+
+COURSES = (
+    DemoCourse("riverside-college", "intro-to-python", "Introduction to Python",
+               "Write your first programs, from variables to loops.",
+               "maya.mentor@example.com", ("python", "programming"), "beginner",
+               capacity=30, modules=_PY_MODULES,
+               students=("sam.student@example.com", "lena.student@example.com")),
+    DemoCourse("riverside-college", "data-visualisation", "Data visualisation",
+               "Charts that tell the truth: choosing, drawing and reading them.",
+               "maya.mentor@example.com", ("data", "charts"), "intermediate", capacity=1,
+               modules=(("Seeing data", (
+                   ("Why charts lie", "text", "Axes, scales and what they hide.", True),)),),
+               students=("lena.student@example.com", "sam.student@example.com")),
+    DemoCourse("riverside-college", "advanced-python", "Advanced Python",
+               "Generators, descriptors and the data model.", "maya.mentor@example.com",
+               ("python",), "advanced", publish=False,
+               modules=(("Iteration", (("Generators", "text", "Lazy sequences.", False),)),)),
+    DemoCourse("northwind-academy", "business-writing", "Business writing",
+               "Clear emails, reports and proposals.", "omar.mentor@example.com",
+               ("writing", "communication"), "all",
+               modules=(("Plain words", (
+                   ("Say it once", "text", "Cutting what the reader does not need.", True),
+                   ("Structure", "text", "Answer first, then the reasons.", False))),),
+               students=("theo.student@example.com", "lena.student@example.com")),
+)
+
+
+def _caller(session: Session, kalpla: Kalpla, user: User) -> Any:
+    from kalpla_core.courses.service import Caller
+
+    return Caller(user=user, can=lambda permission, institution_id: kalpla.has_permission(
+        session, user, permission, institution_id))
+
+
+def ensure_courses(session: Session, kalpla: Kalpla) -> list[str]:
+    """The demo courses with their modules and lessons, written through the course services
+    as a mentor would; returns the slugs created now."""
+    from kalpla_core.courses import service as courses
+    from kalpla_core.courses import structure
+    from kalpla_core.courses.models import Course
+
+    institutions = _institutions_by_slug(session)
+    users = {u.email: u for u in session.scalars(select(User))}
+    existing = {tuple(row) for row in session.execute(select(Course.institution_id, Course.slug))}
+    created = []
+    for demo in COURSES:
+        inst = institutions[demo.institution]
+        if (inst.id, demo.slug) in existing:
+            continue
+        caller = _caller(session, kalpla, users[demo.author])
+        course = courses.create_course(session, caller, inst.id, {
+            "slug": demo.slug, "title": demo.title, "summary": demo.summary,
+            "description": f"# {demo.title}\n\n{demo.summary}", "tags": list(demo.tags),
+            "level": demo.level, "language": "en", "capacity": demo.capacity})
+        for module_title, lessons in demo.modules:
+            module = structure.create_module(session, course, {"title": module_title})
+            for title, kind, content, preview in lessons:
+                data: dict[str, Any] = {"title": title, "kind": kind, "is_preview": preview}
+                if kind == "video":
+                    data.update(video_url=content, duration_seconds=540)
+                else:
+                    data["body"] = content
+                structure.create_lesson(session, kalpla, course, module, data)
+        if demo.publish:
+            courses.publish_course(session, kalpla, course)
+        created.append(demo.slug)
+    return created
+
+
+def ensure_enrollments(session: Session, kalpla: Kalpla) -> int:
+    """The demo students' enrollments (a full course puts the second one on its waitlist);
+    returns how many were made now."""
+    from kalpla_core.courses.models import Course
+    from kalpla_core.enrollment.service import current_enrollment, enroll
+
+    institutions = _institutions_by_slug(session)
+    users = {u.email: u for u in session.scalars(select(User))}
+    made = 0
+    for demo in COURSES:
+        course = session.scalar(select(Course).where(
+            Course.institution_id == institutions[demo.institution].id,
+            Course.slug == demo.slug))
+        if course is None or course.status != "published":
+            continue
+        for email in demo.students:
+            if current_enrollment(session, course.id, users[email].id) is None:
+                enroll(session, kalpla, _caller(session, kalpla, users[email]), course.id)
+                made += 1
+    return made
+
+
 DemoStep = Callable[[Session, "Kalpla"], object]
 
 DEMO_STEPS: list[tuple[str, DemoStep]] = [
@@ -147,6 +265,8 @@ DEMO_STEPS: list[tuple[str, DemoStep]] = [
     ("accounts", ensure_accounts),
     ("memberships", ensure_memberships),
     ("plugins", enable_plugins),
+    ("courses", ensure_courses),
+    ("enrollments", ensure_enrollments),
 ]
 
 

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from kalpla_core import create_app
 from kalpla_core.cli import make_cli
 from kalpla_core.cli.serve import DevServer, build_server
-from kalpla_core.demo import ACCOUNTS, DEMO_PASSWORD
+from kalpla_core.demo import ACCOUNTS, COURSES, DEMO_PASSWORD
 from kalpla_core.hookspecs import PluginMeta, hookimpl
 from kalpla_core.identity.models import Membership, User
 from kalpla_core.identity.passwords import verify_password
@@ -340,10 +340,14 @@ def test_create_admin_refuses_a_common_password(kalpla_cli, session):
 def _demo_counts(session: Any) -> dict[str, int]:
     from kalpla_example.models import ExampleNote
 
+    from kalpla_core.courses.models import Course, Lesson
+    from kalpla_core.enrollment.models import Enrollment
+
     return {"institutions": _count(session, Institution.id), "users": _count(session, User.id),
             "memberships": _count(session, Membership.id),
             "enabled": _count(session, InstitutionPlugin.id),
-            "notes": _count(session, ExampleNote.id)}
+            "notes": _count(session, ExampleNote.id), "courses": _count(session, Course.id),
+            "lessons": _count(session, Lesson.id), "enrollments": _count(session, Enrollment.id)}
 
 
 def _demo_args(session: Any) -> list[str]:
@@ -359,7 +363,14 @@ def test_demo_loads_once_and_is_idempotent(kalpla_cli, session):
     first = _demo_counts(session)
     assert first == {"institutions": 3, "users": len(ACCOUNTS),
                      "memberships": sum(len(r) for a in ACCOUNTS for r in a.roles.values()),
-                     "enabled": 1, "notes": 1}
+                     "enabled": 1, "notes": 1, "courses": len(COURSES),
+                     "lessons": sum(len(ls) for c in COURSES for _, ls in c.modules),
+                     "enrollments": sum(len(c.students) for c in COURSES if c.publish)}
+    # The one-seat course seated its first student and waitlisted the second.
+    from kalpla_core.enrollment.models import Enrollment
+
+    statuses = sorted(session.scalars(select(Enrollment.status)))
+    assert statuses.count("waitlisted") == 1 and statuses.count("active") == len(statuses) - 1
 
     result = kalpla_cli(*_demo_args(session))
     assert result.exit_code == 0, result.output

@@ -132,6 +132,13 @@ def test_plugin_tables_are_checked(make_app):
         Base.metadata.remove(WrongTable.__table__)
 
 
+def test_plugin_cannot_take_a_core_blueprint_name(make_app):
+    p = make_plugin("structure")
+    p.kalpla_blueprints = hookimpl(lambda: [Blueprint("structure", __name__)])
+    with pytest.raises(PluginError, match="'structure' is already taken"):
+        make_app(plugins=["structure"], plugin_objects={"structure": p})
+
+
 def test_blueprint_and_permission_names_are_checked(make_app):
     p = make_plugin("named")
     p.kalpla_blueprints = hookimpl(lambda: [Blueprint("elsewhere", __name__)])

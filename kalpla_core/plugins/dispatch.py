@@ -68,6 +68,9 @@ def init_plugin_routes(app: Flask, api: Api, kalpla: Kalpla) -> None:
         if bp.name != plugin and not bp.name.startswith(f"{plugin}_"):
             raise PluginError(f"plugin {plugin!r}: blueprint {bp.name!r} must be named "
                               f"{plugin!r} or '{plugin}_…'")
+        if bp.name in app.blueprints:
+            raise PluginError(f"plugin {plugin!r}: blueprint name {bp.name!r} is already "
+                              "taken by the core or another plugin")
         api.register_blueprint(bp, url_prefix=f"/api/v1/{plugin}{bp.url_prefix or ''}")
         kalpla.plugin_blueprints[bp.name] = plugin
 

@@ -30,7 +30,7 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{1,40}$")
 RESERVED_NAMES = frozenset({
     CORE, "api", "auth", "me", "users", "institutions", "courses", "modules", "lessons",
     "enrollments", "progress", "jobs", "plugins", "audit_events", "audit", "files", "storage",
-    "docs", "openapi", "health", "metrics", "admin", "mail", "api_keys", "kalpla",
+    "docs", "openapi", "health", "metrics", "admin", "mail", "api_keys", "kalpla", "idempotency",
 })
 
 
