@@ -93,7 +93,7 @@ def gate(session: Session, kalpla: Any, request: EnrollmentRequest,
         return Decision.allow()
     order = session.scalar(select(Order).where(
         Order.user_id == request.user_id, Order.course_id == course.id,
-        Order.status == "pending", Order.coupon_id.is_(None), Order.expires_at > now)
+        Order.status == "pending", Order.expires_at > now)
         .order_by(Order.created_at.desc()).limit(1))
     if order is None:
         user = session.get(User, request.user_id)
