@@ -284,3 +284,21 @@ def test_listing_plans_costs_the_same_queries_whatever_their_number(make_app):
         add_plan(n)
     many, items = listing()
     assert len(items) == 6 and many == few
+
+
+def test_export_and_erase_keep_the_accounting_without_the_buyer(make_app):
+    from kalpla_payments.models import Order
+
+    s = school(make_app)
+    cid = s.course("c", price=100)
+    order = ok(s.client.post("/api/v1/payments/orders", json={"course_id": cid},
+                             headers=s.auth(s.student)), 201)
+    pm = s.kalpla.plugins
+    with s.kalpla.db.session() as db:
+        section = dict(pm.call_each("kalpla_user_export", session=db,
+                                    user_id=s.student.id))["payments"]
+        assert [o["id"] for o in section["orders"]] == [order["id"]]
+        pm.call_each("kalpla_user_erase", session=db, user_id=s.student.id)
+    with s.kalpla.db.session() as db:
+        kept = db.get(Order, order["id"])
+        assert kept is not None and kept.user_id is None and kept.total == 100
