@@ -33,19 +33,20 @@ class PageArgs(Schema):
                            metadata={"description": "Opaque cursor from the previous page."})
 
 
-_page_schemas: dict[str, type[Schema]] = {}
+# By item schema class, not by name: two plugins may both have a ``SessionSchema``.
+_page_schemas: dict[type[Schema], type[Schema]] = {}
 
 
 def page_of(item_schema: type[Schema]) -> type[Schema]:
     """The response schema of a page of ``item_schema`` items."""
-    name = f"{item_schema.__name__.removesuffix('Schema')}PageSchema"
-    if name not in _page_schemas:
-        _page_schemas[name] = Schema.from_dict({
+    if item_schema not in _page_schemas:
+        name = f"{item_schema.__name__.removesuffix('Schema')}PageSchema"
+        _page_schemas[item_schema] = Schema.from_dict({
             "items": fields.List(fields.Nested(item_schema), required=True),
             "next_cursor": fields.String(allow_none=True,
                                          metadata={"description": "null on the last page"}),
         }, name=name)
-    return _page_schemas[name]
+    return _page_schemas[item_schema]
 
 
 @dataclass

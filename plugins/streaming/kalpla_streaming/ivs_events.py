@@ -1,0 +1,74 @@
+"""Amazon IVS events from EventBridge, whichever way they arrive (SNS, API destination).
+No Flask here.
+
+- ``IVS Stream State Change`` with ``detail.event_name`` ``Stream Start`` moves the channel's
+  session live, ``Stream End`` ends it (at the event's ``time``);
+- ``IVS Recording State Change`` with ``detail.recording_status`` ``Recording End`` records
+  where the recording is (``s3://<bucket>/<prefix>``).
+
+Each event is applied once, by its EventBridge ``id``; the session's rules (earliest start and
+end win) make late and reordered events harmless. Events of unknown channels, and of sessions
+whose institution disabled the plugin, are acknowledged and ignored.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from kalpla_streaming import service
+
+STREAM_STATE = "IVS Stream State Change"
+RECORDING_STATE = "IVS Recording State Change"
+STATES = {"Stream Start": "live", "Stream End": "ended"}
+
+
+class EventError(ValueError):
+    """The body is not an IVS event."""
+
+
+def _time(value: Any) -> datetime:
+    try:
+        at = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise EventError(f"bad time {value!r}") from None
+    if at.tzinfo is None:
+        raise EventError("the time has no zone")
+    return at
+
+
+def handle(session: Session, kalpla: Any, event: Any) -> str:
+    """Apply one event: ``applied``, ``unchanged``, ``repeat`` or ``ignored``."""
+    if not isinstance(event, dict) or event.get("source") != "aws.ivs":
+        raise EventError("not an aws.ivs event")
+    kind, event_id = event.get("detail-type"), event.get("id")
+    detail = event.get("detail")
+    if not isinstance(event_id, str) or not event_id or not isinstance(detail, dict):
+        raise EventError("the event has no id or detail")
+    at = _time(event.get("time"))
+    if kind not in (STREAM_STATE, RECORDING_STATE):
+        return "ignored"
+    channels = [r for r in event.get("resources") or [] if isinstance(r, str)
+                and ":channel/" in r]
+    live = service.by_channel(session, channels[0]) if channels else None
+    if live is None or service.PLUGIN not in kalpla.enabled_plugins(session,
+                                                                     live.institution_id):
+        return "ignored"
+    live = service.lock(session, live.id)
+    if not service.first_time(session, "ivs", event_id, str(kind), at, live):
+        return "repeat"
+    if kind == STREAM_STATE:
+        state = STATES.get(str(detail.get("event_name")))
+        if state is None:
+            return "unchanged"
+        return "applied" if service.apply_state(session, kalpla, live, state, at) else "unchanged"
+    if detail.get("recording_status") == "Recording End" and live.recording_location is None:
+        bucket, prefix = detail.get("recording_s3_bucket_name"), detail.get(
+            "recording_s3_key_prefix")
+        if isinstance(bucket, str) and isinstance(prefix, str):
+            live.recording_location = f"s3://{bucket}/{prefix}"
+            session.flush()
+            return "applied"
+    return "unchanged"

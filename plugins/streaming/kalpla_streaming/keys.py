@@ -1,0 +1,99 @@
+"""Secrets of the plugin: stream keys kept encrypted, P-384 playback key pairs, and the
+playback tokens signed for viewers."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from kalpla_core.crypto import InvalidToken, SecretBox, derive_key
+
+STREAM_KEY_PURPOSE = "kalpla_streaming.stream_key"
+PLAYBACK_KEY_PURPOSE = "kalpla_streaming.playback_private_key"
+RTMP_TOKEN_PURPOSE = "kalpla_streaming.rtmp_playback_token"  # noqa: S105 (a label)
+RTMP_AUDIENCE = "kalpla-streaming"
+
+
+def new_stream_key() -> str:
+    return "sk_" + secrets.token_urlsafe(32)
+
+
+def seal(secret_key: str, purpose: str, value: str) -> str:
+    return SecretBox(secret_key, purpose).encrypt(value.encode()).decode()
+
+
+def unseal(secret_key: str, purpose: str, sealed: str) -> str:
+    return SecretBox(secret_key, purpose).decrypt(sealed.encode()).decode()
+
+
+def same_secret(given: str | None, expected: str | None) -> bool:
+    """Constant-time comparison; nothing matches a missing secret."""
+    if not given or not expected:
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    public_pem: str
+    private_pem: str
+
+
+def new_p384_key_pair() -> KeyPair:
+    private = ec.generate_private_key(ec.SECP384R1())
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode()
+    return KeyPair(public_pem, private_pem)
+
+
+@dataclass(frozen=True)
+class PlaybackToken:
+    token: str
+    expires_at: datetime
+
+
+def ivs_token(private_pem: str, *, channel_arn: str, viewer_id: str, allowed_origin: str,
+              now: datetime, ttl: int) -> PlaybackToken:
+    """A token IVS accepts for a private channel: ES384 over the claims it checks."""
+    expires = now + timedelta(seconds=ttl)
+    claims = {"aws:channel-arn": channel_arn, "aws:access-control-allow-origin": allowed_origin,
+              "aws:viewer-id": viewer_id, "exp": int(expires.timestamp())}
+    return PlaybackToken(jwt.encode(claims, private_pem, algorithm="ES384"),
+                         expires.replace(microsecond=0))
+
+
+def _rtmp_key(secret_key: str) -> bytes:
+    return derive_key(secret_key, RTMP_TOKEN_PURPOSE)
+
+
+def rtmp_token(secret_key: str, *, session_id: str, path: str, viewer_id: str, now: datetime,
+               ttl: int) -> PlaybackToken:
+    """A token the media server's auth callback accepts for reading ``path``."""
+    expires = now + timedelta(seconds=ttl)
+    claims = {"sub": viewer_id, "sid": session_id, "path": path, "aud": RTMP_AUDIENCE,
+              "iat": int(now.timestamp()), "exp": int(expires.timestamp())}
+    return PlaybackToken(jwt.encode(claims, _rtmp_key(secret_key), algorithm="HS256"),
+                         expires.replace(microsecond=0))
+
+
+def read_rtmp_token(secret_key: str, token: str) -> dict[str, Any] | None:
+    """The claims of a valid, unexpired token, else None."""
+    try:
+        return jwt.decode(token, _rtmp_key(secret_key), algorithms=["HS256"],
+                          audience=RTMP_AUDIENCE, options={"require": ["exp", "sub", "sid"]})
+    except jwt.PyJWTError:
+        return None
+
+
+__all__ = ["InvalidToken", "KeyPair", "PlaybackToken", "ivs_token", "new_p384_key_pair",
+           "new_stream_key", "read_rtmp_token", "rtmp_token", "same_secret", "seal", "unseal"]

@@ -1,0 +1,122 @@
+"""MediaMTX's callbacks: external HTTP authentication and publish/unpublish notifications.
+No Flask here.
+
+Authentication (``authMethod: http``, ``authHTTPAddress: <kalpla>/api/v1/streaming/mediamtx/auth``):
+MediaMTX posts ``{user, password, token, ip, action, path, protocol, id, query}`` for every
+publish, read and playback, and lets the client in only on a 2xx answer. Kalpla allows:
+
+- ``publish`` on a session's path (``live/<id>``) with the session's stream key as password
+  (or ``key``/``pass`` in the query), while the session is scheduled or live;
+- ``read`` (while scheduled or live) and ``playback`` of the recording (once ended) with a
+  playback token Kalpla signed for that session and viewer, unexpired, given as ``jwt`` or
+  ``token`` in the query, as the bearer token or as the password — and only while the
+  viewer may still watch (enrollment still active);
+- nothing else (``api``, ``metrics``, ``pprof``, unknown paths, sessions of institutions
+  that disabled the plugin, other providers' sessions).
+
+Notifications: ``runOnReady``/``runOnNotReady`` hooks post ``{event: ready|not_ready, path,
+occurred_at?, id?}`` with the shared secret in ``X-Kalpla-Streaming-Secret``; ready moves the
+session live, not ready ends it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+from sqlalchemy.orm import Session
+
+from kalpla_core.identity.models import User
+from kalpla_core.toolkit import APIError
+from kalpla_streaming import service
+from kalpla_streaming.keys import STREAM_KEY_PURPOSE, read_rtmp_token, same_secret, unseal
+
+
+@dataclass(frozen=True)
+class AuthRequest:
+    action: str
+    path: str
+    user: str = ""
+    password: str = ""
+    token: str = ""
+    query: str = ""
+    ip: str = ""
+    protocol: str = ""
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    reason: str
+
+
+def _deny(reason: str) -> Verdict:
+    return Verdict(False, reason)
+
+
+def _query(req: AuthRequest) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(req.query.lstrip("?")).items() if v}
+
+
+def authorize(session: Session, kalpla: Any, secret_key: str, req: AuthRequest,
+              now: datetime) -> Verdict:
+    """Whether MediaMTX should let this client in; the reason is for the log only."""
+    if req.action not in ("publish", "read", "playback"):
+        return _deny(f"action {req.action!r} is not served")
+    live = service.by_path(session, req.path.strip("/"))
+    if live is None or live.provider != "rtmp":
+        return _deny("unknown path")
+    if service.PLUGIN not in kalpla.enabled_plugins(session, live.institution_id):
+        return _deny("plugin not enabled")
+    query = _query(req)
+    if req.action == "publish":
+        if live.status not in ("scheduled", "live") or live.stream_key_encrypted is None:
+            return _deny(f"session is {live.status}")
+        expected = unseal(secret_key, STREAM_KEY_PURPOSE, live.stream_key_encrypted)
+        given = [req.password, query.get("key", ""), query.get("pass", "")]
+        if any(same_secret(g, expected) for g in given):
+            return Verdict(True, "publisher")
+        return _deny("wrong stream key")
+    if req.action == "read" and live.status not in ("scheduled", "live"):
+        return _deny(f"session is {live.status}")
+    if req.action == "playback" and live.status != "ended":
+        return _deny("no recording yet")
+    for candidate in (query.get("jwt"), query.get("token"), req.token, req.password):
+        claims = read_rtmp_token(secret_key, candidate) if candidate else None
+        if claims is None or claims.get("sid") != live.id:
+            continue
+        viewer = session.get(User, claims["sub"])
+        try:
+            service.require_viewer(session, kalpla, viewer, live)
+        except APIError as exc:  # the viewer may no longer watch
+            return _deny(f"viewer refused: {exc.detail}")
+        return Verdict(True, "viewer")
+    return _deny("no valid playback token")
+
+
+def event_id(event: str, path: str, occurred_at: datetime, source_id: str | None) -> str:
+    """A stable id for a notification, so a repeated post is recognised."""
+    raw = f"{event}|{path}|{source_id or ''}|{occurred_at.isoformat()}"
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def notify(session: Session, kalpla: Any, event: str, path: str, occurred_at: datetime,
+           source_id: str | None = None) -> bool | None:
+    """Apply a ready/not-ready notification; None for an unknown path, False for a repeat or
+    a notification that changed nothing."""
+    live = service.by_path(session, path.strip("/"))
+    if live is None or live.provider != "rtmp":
+        return None
+    if service.PLUGIN not in kalpla.enabled_plugins(session, live.institution_id):
+        return None
+    live = service.lock(session, live.id)
+    if not service.first_time(session, "mediamtx", event_id(event, live.id, occurred_at,
+                                                               source_id),
+                              event, occurred_at, live):
+        return False
+    state = "live" if event == "ready" else "ended"
+    return service.apply_state(session, kalpla, live, state, occurred_at)

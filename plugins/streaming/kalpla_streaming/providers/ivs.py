@@ -1,0 +1,203 @@
+"""Amazon IVS: a private (authorized), low-latency channel per session.
+
+Per institution, once: a P-384 key pair generated here, its public half imported into IVS
+(``ImportPlaybackKeyPair``) and its private half kept encrypted; with ``ivs_recording_bucket``
+set, a recording configuration writing to that S3 bucket. Per session, on its first
+broadcast: ``CreateChannel`` (which also makes the stream key). Viewers get the channel's
+playback URL with a token signed ES384 by the institution's key, carrying the claims IVS
+checks (``aws:channel-arn``, ``aws:access-control-allow-origin``, ``aws:viewer-id``, ``exp``).
+
+Calls go through the app's one IVS client (``toolkit.aws_client("ivs")``). Throttling and
+service errors are retried with exponential back-off, then answered 503 (throttled,
+unreachable) or 502 (IVS failed or refused). When a call fails half-way through setting a
+session up, what this call created on AWS is deleted again and nothing is kept locally.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+from botocore.exceptions import BotoCoreError, ClientError
+from sqlalchemy import select
+
+from kalpla_core.toolkit import APIError
+from kalpla_streaming.keys import (
+    PLAYBACK_KEY_PURPOSE,
+    STREAM_KEY_PURPOSE,
+    ivs_token,
+    new_p384_key_pair,
+    seal,
+    unseal,
+)
+from kalpla_streaming.models import LiveSession, PlaybackKeyPair
+from kalpla_streaming.providers import Playback, ProviderContext
+
+log = logging.getLogger("kalpla_streaming.ivs")
+
+THROTTLING = frozenset({"ThrottlingException", "TooManyRequestsException", "Throttling",
+                        "RequestLimitExceeded"})
+SERVICE_ERRORS = frozenset({"InternalServerException", "ServiceUnavailableException",
+                            "InternalFailure", "ServiceUnavailable"})
+CHANNEL_FIELDS = ("channel_arn", "stream_key_arn", "ingest_endpoint", "playback_url",
+                  "stream_key_encrypted")
+
+
+class IVSProvider:
+    name = "ivs"
+
+    def __init__(self, client: Callable[[], Any],
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._client = client
+        self._sleep = sleep
+
+    @classmethod
+    def for_app(cls, app: Any) -> IVSProvider:
+        from kalpla_core.aws import aws_client
+
+        kalpla = app.extensions["kalpla"]
+        return cls(lambda: aws_client(kalpla, "ivs"))
+
+    # --- calls ----------------------------------------------------------------------------
+
+    def _call(self, ctx: ProviderContext, operation: str, *, ignore: frozenset[str] = frozenset(),
+              **params: Any) -> dict[str, Any]:
+        """One IVS call, retried on throttling and service errors; a problem when it fails
+        for good. Error codes in ``ignore`` answer an empty result."""
+        attempts = ctx.config.aws_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return getattr(self._client(), operation)(**params)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                if code in ignore:
+                    return {}
+                retryable = code in THROTTLING or code in SERVICE_ERRORS or status >= 500
+                if retryable and attempt < attempts:
+                    self._sleep(ctx.config.aws_backoff * 2 ** (attempt - 1))
+                    continue
+                log.warning("IVS %s failed after %d attempt(s): %s (HTTP %s)", operation,
+                            attempt, code, status)
+                if code in THROTTLING:
+                    raise APIError(503, "The video service is busy; try again shortly.",
+                                   "streaming-provider-busy",
+                                   headers={"Retry-After": "5"}) from None
+                raise APIError(502, f"The video service could not {_verb(operation)}.",
+                               "streaming-provider-error") from None
+            except BotoCoreError as exc:  # unreachable, timed out
+                if attempt < attempts:
+                    self._sleep(ctx.config.aws_backoff * 2 ** (attempt - 1))
+                    continue
+                log.warning("IVS %s failed after %d attempt(s): %s", operation, attempt,
+                            type(exc).__name__)
+                raise APIError(503, "The video service cannot be reached; try again shortly.",
+                               "streaming-provider-unavailable",
+                               headers={"Retry-After": "5"}) from None
+        raise AssertionError("unreachable")
+
+    def _undo(self, ctx: ProviderContext, undo: list[tuple[str, dict[str, Any]]]) -> None:
+        """Delete, newest first, what a failed set-up created on AWS (best effort: each
+        failure is logged and the rest still run)."""
+        for operation, params in reversed(undo):
+            try:
+                self._call(ctx, operation, ignore=frozenset({"ResourceNotFoundException"}),
+                           **params)
+            except APIError:
+                log.error("IVS clean-up %s of %s failed; delete it by hand", operation,
+                          params.get("arn"))
+
+    # --- the institution's key pair and recording configuration ---------------------------
+
+    def _keys(self, ctx: ProviderContext, institution_id: str,
+              undo: list[tuple[str, dict[str, Any]]]) -> PlaybackKeyPair:
+        row = ctx.session.scalar(select(PlaybackKeyPair).where(
+            PlaybackKeyPair.institution_id == institution_id))
+        if row is None:
+            pair = new_p384_key_pair()
+            out = self._call(ctx, "import_playback_key_pair", publicKeyMaterial=pair.public_pem,
+                             name=f"kalpla-{institution_id}",
+                             tags={"kalpla:institution": institution_id})
+            arn = out["keyPair"]["arn"]
+            undo.append(("delete_playback_key_pair", {"arn": arn}))
+            row = PlaybackKeyPair(institution_id=institution_id, arn=arn,
+                                  public_key_pem=pair.public_pem,
+                                  private_key_encrypted=seal(ctx.secret_key,
+                                                             PLAYBACK_KEY_PURPOSE,
+                                                             pair.private_pem))
+            ctx.session.add(row)
+        bucket = ctx.settings.get("ivs_recording_bucket")
+        if bucket and row.recording_configuration_arn is None:
+            out = self._call(ctx, "create_recording_configuration",
+                             name=f"kalpla-{institution_id}",
+                             destinationConfiguration={"s3": {"bucketName": bucket}},
+                             tags={"kalpla:institution": institution_id})
+            arn = out["recordingConfiguration"]["arn"]
+            undo.append(("delete_recording_configuration", {"arn": arn}))
+            row.recording_configuration_arn = arn
+        return row
+
+    # --- the port -------------------------------------------------------------------------
+
+    def open_channel(self, ctx: ProviderContext, live: LiveSession) -> None:
+        if live.channel_arn is not None and live.stream_key_encrypted is not None:
+            return
+        before = {name: getattr(live, name) for name in CHANNEL_FIELDS}
+        undo: list[tuple[str, dict[str, Any]]] = []
+        try:
+            keys = self._keys(ctx, live.institution_id, undo)
+            params: dict[str, Any] = {
+                "name": f"kalpla-{live.id}", "latencyMode": "LOW", "authorized": True,
+                "type": ctx.settings.get("ivs_channel_type", "STANDARD"),
+                "tags": {"kalpla:session": live.id, "kalpla:institution": live.institution_id}}
+            if keys.recording_configuration_arn:
+                params["recordingConfigurationArn"] = keys.recording_configuration_arn
+            out = self._call(ctx, "create_channel", **params)
+            channel, key = out["channel"], out["streamKey"]
+            undo.append(("delete_channel", {"arn": channel["arn"]}))
+            live.channel_arn = channel["arn"]
+            live.ingest_endpoint = f"rtmps://{channel['ingestEndpoint']}:443/app/"
+            live.playback_url = channel["playbackUrl"]
+            live.stream_key_arn = key["arn"]
+            live.stream_key_encrypted = seal(ctx.secret_key, STREAM_KEY_PURPOSE, key["value"])
+            ctx.session.flush()
+        except BaseException:
+            for name, value in before.items():
+                setattr(live, name, value)
+            for obj in list(ctx.session.new):
+                if isinstance(obj, PlaybackKeyPair):
+                    ctx.session.expunge(obj)
+            self._undo(ctx, undo)
+            raise
+
+    def rotate_key(self, ctx: ProviderContext, live: LiveSession) -> None:
+        """IVS keeps one stream key per channel: delete the old, create a new one."""
+        listed = self._call(ctx, "list_stream_keys", channelArn=live.channel_arn)
+        for old in listed.get("streamKeys", []):
+            self._call(ctx, "delete_stream_key", arn=old["arn"],
+                       ignore=frozenset({"ResourceNotFoundException"}))
+        key = self._call(ctx, "create_stream_key", channelArn=live.channel_arn)["streamKey"]
+        live.stream_key_arn = key["arn"]
+        live.stream_key_encrypted = seal(ctx.secret_key, STREAM_KEY_PURPOSE, key["value"])
+
+    def stop(self, ctx: ProviderContext, live: LiveSession) -> None:
+        self._call(ctx, "stop_stream", channelArn=live.channel_arn,
+                   ignore=frozenset({"ChannelNotBroadcasting"}))
+
+    def playback(self, ctx: ProviderContext, live: LiveSession, viewer_id: str) -> Playback:
+        assert live.channel_arn is not None and live.playback_url is not None
+        keys = ctx.session.scalar(select(PlaybackKeyPair).where(
+            PlaybackKeyPair.institution_id == live.institution_id))
+        assert keys is not None  # made with the channel
+        private = unseal(ctx.secret_key, PLAYBACK_KEY_PURPOSE, keys.private_key_encrypted)
+        token = ivs_token(private, channel_arn=live.channel_arn, viewer_id=viewer_id,
+                          allowed_origin=ctx.settings.get("ivs_allowed_origin", "*"),
+                          now=ctx.now, ttl=int(ctx.settings["playback_token_ttl"]))
+        return Playback(f"{live.playback_url}?token={quote(token.token)}", token)
+
+
+def _verb(operation: str) -> str:
+    return operation.replace("_", " ")

@@ -1,0 +1,56 @@
+"""Self-hosted provider: a media server (MediaMTX) that asks Kalpla who may publish and read.
+
+Each session gets the path ``live/<session id>`` and a stream key issued by Kalpla. The
+instructor publishes to ``<rtmp_ingest_url>/live/<id>`` with the key as password (MediaMTX
+reads ``?user=…&pass=…`` on RTMP); viewers read ``<rtmp_playback_url>/live/<id>/index.m3u8``
+with a signed, expiring token in the query (``?jwt=…``). The media server's
+``authHTTPAddress`` callback (``kalpla_streaming.mediamtx``) checks both.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from kalpla_streaming.keys import STREAM_KEY_PURPOSE, new_stream_key, rtmp_token, seal
+from kalpla_streaming.models import LiveSession
+from kalpla_streaming.providers import Playback, ProviderContext
+
+PUBLISH_USER = "kalpla"
+
+
+def path_of(live: LiveSession) -> str:
+    return f"live/{live.id}"
+
+
+class RTMPProvider:
+    name = "rtmp"
+
+    def open_channel(self, ctx: ProviderContext, live: LiveSession) -> None:
+        if live.rtmp_path is not None and live.stream_key_encrypted is not None:
+            return
+        path = path_of(live)
+        live.rtmp_path = path
+        live.ingest_endpoint = f"{ctx.settings['rtmp_ingest_url'].rstrip('/')}/{path}"
+        live.playback_url = f"{ctx.settings['rtmp_playback_url'].rstrip('/')}/{path}/index.m3u8"
+        live.stream_key_encrypted = seal(ctx.secret_key, STREAM_KEY_PURPOSE, new_stream_key())
+
+    def rotate_key(self, ctx: ProviderContext, live: LiveSession) -> None:
+        live.stream_key_encrypted = seal(ctx.secret_key, STREAM_KEY_PURPOSE, new_stream_key())
+
+    def stop(self, ctx: ProviderContext, live: LiveSession) -> None:
+        # Nothing to call: once the session has ended the auth callback refuses the
+        # publisher, and the unpublish notification finds the session ended already.
+        return None
+
+    def playback(self, ctx: ProviderContext, live: LiveSession, viewer_id: str) -> Playback:
+        assert live.rtmp_path is not None and live.playback_url is not None
+        token = rtmp_token(ctx.secret_key, session_id=live.id, path=live.rtmp_path,
+                           viewer_id=viewer_id, now=ctx.now,
+                           ttl=int(ctx.settings["playback_token_ttl"]))
+        return Playback(f"{live.playback_url}?jwt={quote(token.token)}", token)
+
+
+def publish_url(live: LiveSession, stream_key: str) -> str:
+    """The URL an encoder (OBS, ffmpeg) publishes to, credentials in the query."""
+    assert live.ingest_endpoint is not None
+    return f"{live.ingest_endpoint}?user={PUBLISH_USER}&pass={quote(stream_key)}"

@@ -1,0 +1,261 @@
+"""Live sessions: kept in step with their lessons, who may do what, broadcasting, playback and
+status changes from providers' events. No Flask here.
+
+Status: ``scheduled`` → ``live`` → ``ended``, or ``cancelled`` (its lesson stopped being of
+kind ``live``). Ended and cancelled are final. Provider events may come late, twice or out of
+order: each is applied once (by its id), and what it sets only moves one way — the earliest
+start and the earliest end win — so the outcome does not depend on the order of arrival.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import exists, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from kalpla_core.courses.access import can_read_lesson, has_seat
+from kalpla_core.courses.models import Course, CourseInstructor, Lesson
+from kalpla_core.enrollment.models import SEATED, Enrollment
+from kalpla_core.identity.models import User
+from kalpla_core.toolkit import APIError
+from kalpla_streaming import attendance
+from kalpla_streaming.keys import STREAM_KEY_PURPOSE, unseal
+from kalpla_streaming.models import OPEN_STATUSES, LiveSession, ProcessedEvent
+from kalpla_streaming.providers import Playback, ProviderContext, StreamingProvider
+from kalpla_streaming.providers.rtmp import publish_url
+
+log = logging.getLogger("kalpla_streaming")
+
+PLUGIN = "streaming"
+KIND = "live"
+BROADCAST = "streaming.broadcast"
+MANAGE = "streaming.manage"
+
+
+def _parse(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+# --- keeping sessions in step with lessons ----------------------------------------------------
+
+def sync_lesson(session: Session, lesson_id: str, settings: dict[str, Any]) -> LiveSession | None:
+    """Create or update the session of a ``live`` lesson; cancel it if the lesson changed
+    to another kind. A deleted lesson takes its session with it (foreign key cascade)."""
+    lesson = session.get(Lesson, lesson_id)
+    live = session.scalar(select(LiveSession).where(LiveSession.lesson_id == lesson_id))
+    if lesson is None:
+        return None
+    if lesson.kind != KIND:
+        if live is not None and live.status in OPEN_STATUSES:
+            live.status = "cancelled"
+        return live
+    starts, ends = _parse(lesson.data["starts_at"]), _parse(lesson.data["ends_at"])
+    if live is None:
+        course = session.get(Course, lesson.course_id)
+        assert course is not None
+        live = LiveSession(institution_id=course.institution_id, course_id=course.id,
+                           lesson_id=lesson.id, provider=settings["provider"], status="scheduled")
+        session.add(live)
+    live.title = lesson.title
+    if live.status == "cancelled" and live.started_at is None:
+        live.status = "scheduled"  # live again before it ever went on air
+    if live.status == "scheduled":
+        live.scheduled_start, live.scheduled_end = starts, ends
+    session.flush()
+    return live
+
+
+def live_lessons(session: Session, institution_id: str) -> list[str]:
+    """The ids of the institution's lessons of kind ``live``."""
+    return list(session.scalars(select(Lesson.id).join(Course, Course.id == Lesson.course_id)
+                                .where(Course.institution_id == institution_id,
+                                       Lesson.kind == KIND)))
+
+
+# --- who may do what --------------------------------------------------------------------------
+
+def get_session(session: Session, session_id: str, institution_id: str) -> LiveSession:
+    """The session of the request's institution, else 404 (other institutions' stay unknown)."""
+    live = session.get(LiveSession, session_id)
+    if live is None or live.institution_id != institution_id:
+        raise APIError(404, f"There is no live session {session_id!r}.", "not-found")
+    return live
+
+
+def is_staff(session: Session, kalpla: Any, user: User | None, live: LiveSession) -> bool:
+    """Admins (``streaming.manage``) and the course's instructors holding
+    ``streaming.broadcast``."""
+    if user is None or not user.is_active:
+        return False
+    if kalpla.has_permission(session, user, MANAGE, live.institution_id):
+        return True
+    if not kalpla.has_permission(session, user, BROADCAST, live.institution_id):
+        return False
+    course = session.get(Course, live.course_id)
+    return (course is not None and course.created_by == user.id) or session.get(
+        CourseInstructor, (live.course_id, user.id)) is not None
+
+
+def require_staff(session: Session, kalpla: Any, user: User, live: LiveSession) -> None:
+    if not is_staff(session, kalpla, user, live):
+        raise APIError(403, "Only the session's instructors and admins may do this.",
+                       "forbidden")
+
+
+def require_viewer(session: Session, kalpla: Any, user: User | None, live: LiveSession) -> None:
+    """Active enrollments, course staff and admins watch; the rest are refused."""
+    lesson = session.get(Lesson, live.lesson_id)
+    assert lesson is not None
+    decision = can_read_lesson(session, kalpla, user, lesson)
+    if decision.outcome != "allow":
+        raise APIError(403, decision.reason or "You may not watch this session.",
+                       decision.code or "forbidden", plugin=decision.plugin or None)
+
+
+def may_see(session: Session, kalpla: Any, user: User, live: LiveSession) -> bool:
+    """Whether the session's details are shown to the user: staff and seated students."""
+    return is_staff(session, kalpla, user, live) or has_seat(session, user.id, live.course_id)
+
+
+def upcoming_query(user: User, institution_id: str, now: datetime) -> Any:
+    """Open sessions not yet over in the courses the user holds a seat in or instructs."""
+    seated = exists().where(Enrollment.course_id == LiveSession.course_id,
+                            Enrollment.user_id == user.id, Enrollment.status.in_(SEATED),
+                            or_(Enrollment.expires_at.is_(None), Enrollment.expires_at > now))
+    teaches = exists().where(CourseInstructor.course_id == LiveSession.course_id,
+                             CourseInstructor.user_id == user.id)
+    return select(LiveSession).where(
+        LiveSession.institution_id == institution_id,
+        LiveSession.status.in_(OPEN_STATUSES),
+        or_(LiveSession.status == "live", LiveSession.scheduled_end > now),
+        or_(seated, teaches))
+
+
+# --- broadcasting -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Ingest:
+    ingest_endpoint: str
+    stream_key: str
+    publish_url: str | None
+
+
+def _open(live: LiveSession) -> None:
+    if live.status not in OPEN_STATUSES:
+        raise APIError(409, f"The session is {live.status}; it cannot be broadcast.",
+                       "session-closed")
+
+
+def _ingest(ctx: ProviderContext, live: LiveSession) -> Ingest:
+    assert live.ingest_endpoint is not None and live.stream_key_encrypted is not None
+    key = unseal(ctx.secret_key, STREAM_KEY_PURPOSE, live.stream_key_encrypted)
+    url = publish_url(live, key) if live.provider == "rtmp" else None
+    return Ingest(live.ingest_endpoint, key, url)
+
+
+def broadcast(ctx: ProviderContext, provider: StreamingProvider, live: LiveSession) -> Ingest:
+    """The ingest endpoint and stream key, the channel made on first use."""
+    _open(live)
+    provider.open_channel(ctx, live)
+    ctx.session.flush()
+    return _ingest(ctx, live)
+
+
+def rotate_key(ctx: ProviderContext, provider: StreamingProvider, live: LiveSession) -> Ingest:
+    _open(live)
+    provider.open_channel(ctx, live)
+    provider.rotate_key(ctx, live)
+    ctx.session.flush()
+    return _ingest(ctx, live)
+
+
+def stop(ctx: ProviderContext, kalpla: Any, provider: StreamingProvider,
+         live: LiveSession) -> LiveSession:
+    """End the session now (the provider stops the stream); stopping again changes nothing."""
+    if live.status == "cancelled":
+        raise APIError(409, "The session was cancelled.", "session-closed")
+    if live.status == "ended":
+        return live
+    if live.ingest_endpoint is not None:
+        provider.stop(ctx, live)
+    apply_state(ctx.session, kalpla, live, "ended", ctx.now)
+    return live
+
+
+def playback(ctx: ProviderContext, provider: StreamingProvider, live: LiveSession,
+             viewer: User) -> Playback:
+    """A playback URL and token bound to the viewer; recorded as a join."""
+    if live.status == "cancelled":
+        raise APIError(409, "The session was cancelled.", "session-closed")
+    if live.ingest_endpoint is None:
+        raise APIError(409, "The session has not been set up for broadcasting yet.",
+                       "not-broadcasting")
+    result = provider.playback(ctx, live, viewer.id)
+    attendance.join(ctx.session, live, viewer.id, ctx.now)
+    return result
+
+
+# --- status changes ---------------------------------------------------------------------------
+
+def apply_state(session: Session, kalpla: Any, live: LiveSession, state: str,
+                at: datetime) -> bool:
+    """Apply a start (``live``) or end (``ended``) that happened at ``at``; True if anything
+    changed. The earliest start and the earliest end count; a cancelled session stays so."""
+    if live.status == "cancelled":
+        return False
+    changed = False
+    if state == "live":
+        if live.started_at is None or at < live.started_at:
+            live.started_at, changed = at, True
+        if live.status == "scheduled":
+            live.status, changed = "live", True
+    elif state == "ended":
+        if live.ended_at is None or at < live.ended_at:
+            live.ended_at, changed = at, True
+        if live.status != "ended":
+            live.status, changed = "ended", True
+    else:
+        raise ValueError(f"unknown state {state!r}")
+    if changed:
+        session.flush()
+        if live.status == "ended":
+            attendance.complete_all(session, kalpla, live)
+    return changed
+
+
+def first_time(session: Session, source: str, event_id: str, kind: str, occurred_at: datetime,
+               live: LiveSession | None) -> bool:
+    """Record a provider event; False when it was processed before (a repeat)."""
+    seen = session.scalar(select(ProcessedEvent.id).where(
+        ProcessedEvent.source == source, ProcessedEvent.event_id == event_id))
+    if seen is not None:
+        return False
+    try:
+        with session.begin_nested():
+            session.add(ProcessedEvent(source=source, event_id=event_id, kind=kind,
+                                       occurred_at=occurred_at,
+                                       session_id=live.id if live else None))
+    except IntegrityError:  # the same event, processed concurrently
+        return False
+    return True
+
+
+def lock(session: Session, live_id: str) -> LiveSession:
+    """The session row, locked for the rest of the transaction (PostgreSQL)."""
+    found = session.scalar(select(LiveSession).where(LiveSession.id == live_id)
+                           .with_for_update().execution_options(populate_existing=True))
+    assert found is not None
+    return found
+
+
+def by_channel(session: Session, channel_arn: str) -> LiveSession | None:
+    return session.scalar(select(LiveSession).where(LiveSession.channel_arn == channel_arn))
+
+
+def by_path(session: Session, path: str) -> LiveSession | None:
+    return session.scalar(select(LiveSession).where(LiveSession.rtmp_path == path))

@@ -1,0 +1,92 @@
+"""Settings: per institution (the plugin's settings schema), per deployment (secrets of the
+provider callbacks) and the data of a ``live`` lesson."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+DEFAULT_SNS_CERT_URL = r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/"
+
+
+class StreamingSettings(Schema):
+    """What an institution chooses when it enables the plugin."""
+
+    provider = fields.String(load_default="rtmp", validate=validate.OneOf(("rtmp", "ivs")))
+    attendance_percent = fields.Integer(load_default=60, validate=validate.Range(1, 100),
+                                        metadata={"description": "Share of the live time a "
+                                                  "student must watch to complete the lesson"})
+    playback_token_ttl = fields.Integer(load_default=300, validate=validate.Range(30, 86400))
+    # rtmp: where the media server (MediaMTX) takes streams and serves them (HLS).
+    rtmp_ingest_url = fields.String(load_default="rtmp://localhost:1935",
+                                    validate=validate.Regexp(r"^rtmps?://[^\s?#]+$"))
+    rtmp_playback_url = fields.String(load_default="http://localhost:8888",
+                                      validate=validate.Regexp(r"^https?://[^\s?#]+$"))
+    # ivs
+    ivs_channel_type = fields.String(
+        load_default="STANDARD",
+        validate=validate.OneOf(("BASIC", "STANDARD", "ADVANCED_SD", "ADVANCED_HD")))
+    ivs_allowed_origin = fields.String(load_default="*", validate=validate.Length(1, 200))
+    ivs_recording_bucket = fields.String(load_default=None, allow_none=True,
+                                         validate=validate.Length(3, 63))
+
+
+class LiveLessonData(Schema):
+    """The ``data`` of a lesson of kind ``live``: when it is scheduled."""
+
+    starts_at = fields.AwareDateTime(required=True, default_timezone=None)
+    ends_at = fields.AwareDateTime(required=True, default_timezone=None)
+
+    @validates_schema
+    def _window(self, data: dict[str, Any], **_: Any) -> None:
+        if data["ends_at"] <= data["starts_at"]:
+            raise ValidationError("Must be after starts_at.", "ends_at")
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    """Secrets and limits of the callbacks providers make; from ``KALPLA_STREAMING_*``
+    variables, or a ``streaming`` mapping in ``create_app``'s config (tests, embedding).
+
+    ``hook_secret`` authenticates the media server's publish/unpublish notifications,
+    ``eventbridge_secret`` the EventBridge API destination's header; SNS messages are taken
+    only with a ``SigningCertURL`` matching ``sns_cert_url_pattern`` and, when
+    ``sns_topic_arns`` is set, from those topics."""
+
+    hook_secret: str | None = None
+    eventbridge_secret: str | None = None
+    sns_cert_url_pattern: str = DEFAULT_SNS_CERT_URL
+    sns_topic_arns: tuple[str, ...] = ()
+    aws_attempts: int = 3
+    aws_backoff: float = 0.2
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, Any] | None = None,
+             environ: Mapping[str, str] | None = None) -> DeploymentConfig:
+        env = os.environ if environ is None else environ
+        raw: dict[str, Any] = {}
+        for name in ("hook_secret", "eventbridge_secret", "sns_cert_url_pattern",
+                     "sns_topic_arns", "aws_attempts", "aws_backoff"):
+            value = env.get(f"KALPLA_STREAMING_{name.upper()}")
+            if value:
+                raw[name] = value
+        raw.update(overrides or {})
+        if isinstance(raw.get("sns_topic_arns"), str):
+            raw["sns_topic_arns"] = tuple(a.strip() for a in raw["sns_topic_arns"].split(",")
+                                          if a.strip())
+        config = cls(**{**raw, "aws_attempts": int(raw.get("aws_attempts", 3)),
+                        "aws_backoff": float(raw.get("aws_backoff", 0.2)),
+                        "sns_topic_arns": tuple(raw.get("sns_topic_arns", ()))})
+        try:
+            re.compile(config.sns_cert_url_pattern)
+        except re.error as exc:
+            raise ValueError(f"KALPLA_STREAMING_SNS_CERT_URL_PATTERN is not a valid regular "
+                             f"expression: {exc}") from None
+        if config.aws_attempts < 1:
+            raise ValueError("KALPLA_STREAMING_AWS_ATTEMPTS must be at least 1")
+        return config

@@ -1,0 +1,178 @@
+"""AWS stand-ins for the streaming tests: an SNS signer with its own certificate served from a
+local HTTP server, IVS responses for botocore's Stubber, EventBridge events."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
+from kalpla_streaming.sns import string_to_sign
+
+LOCAL_PATTERN = r"^http://127\.0\.0\.1:\d+/"
+TOPIC = "arn:aws:sns:us-east-1:123456789012:ivs-events"
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+
+
+@dataclass
+class LocalServer:
+    """A tiny HTTP server on 127.0.0.1: serves ``files`` and records the paths asked for."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    requests: list[str] = field(default_factory=list)
+    base: str = ""
+
+
+@contextmanager
+def local_server() -> Iterator[LocalServer]:
+    state = LocalServer()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            state.requests.append(self.path)
+            body = state.files.get(self.path.split("?")[0])
+            self.send_response(200 if body is not None else 404)
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.base = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class SNSSigner:
+    """Signs messages the way SNS does, with a key pair and self-signed certificate made here."""
+
+    def __init__(self, server: LocalServer, path: str = "/SimpleNotificationService.pem",
+                 valid: timedelta = timedelta(days=1)) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
+        now = datetime.now(UTC)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + valid)
+                .sign(self.key, hashes.SHA256()))
+        server.files[path] = cert.public_bytes(serialization.Encoding.PEM)
+        self.cert_url = f"{server.base}{path}"
+        self.server = server
+
+    def sign(self, message: dict[str, Any], version: str = "2") -> dict[str, Any]:
+        message = {**message, "SignatureVersion": version, "SigningCertURL": self.cert_url}
+        # SignatureVersion 1 is SHA-1 by definition.
+        algorithm = hashes.SHA256() if version == "2" else hashes.SHA1()  # noqa: S303
+        signature = self.key.sign(string_to_sign(message).encode(), padding.PKCS1v15(),
+                                  algorithm)
+        return {**message, "Signature": base64.b64encode(signature).decode()}
+
+    def notification(self, event: dict[str, Any], version: str = "2",
+                     subject: str | None = None) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "Type": "Notification", "MessageId": str(uuid.uuid4()), "TopicArn": TOPIC,
+            "Message": json.dumps(event), "Timestamp": _iso(datetime.now(UTC)),
+            "UnsubscribeURL": f"{self.server.base}/unsubscribe"}
+        if subject is not None:
+            message["Subject"] = subject
+        return self.sign(message, version)
+
+    def confirmation(self) -> dict[str, Any]:
+        token = uuid.uuid4().hex
+        return self.sign({
+            "Type": "SubscriptionConfirmation", "MessageId": str(uuid.uuid4()),
+            "Token": token, "TopicArn": TOPIC,
+            "Message": f"You have chosen to subscribe to the topic {TOPIC}.",
+            "SubscribeURL": f"{self.server.base}/confirm?Action=ConfirmSubscription"
+                            f"&Token={token}",
+            "Timestamp": _iso(datetime.now(UTC))})
+
+
+def _iso(at: datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
+def stream_event(channel_arn: str, name: str, at: datetime,
+                 event_id: str | None = None) -> dict[str, Any]:
+    """An "IVS Stream State Change" event as EventBridge delivers it."""
+    return {
+        "version": "0", "id": event_id or str(uuid.uuid4()),
+        "detail-type": "IVS Stream State Change", "source": "aws.ivs", "account": ACCOUNT,
+        "time": at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "region": REGION,
+        "resources": [channel_arn],
+        "detail": {"event_name": name, "channel_name": "kalpla", "stream_id": "st-1Abc"}}
+
+
+def recording_event(channel_arn: str, at: datetime, bucket: str,
+                    prefix: str) -> dict[str, Any]:
+    return {
+        "version": "0", "id": str(uuid.uuid4()), "detail-type": "IVS Recording State Change",
+        "source": "aws.ivs", "account": ACCOUNT,
+        "time": at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "region": REGION,
+        "resources": [channel_arn],
+        "detail": {"channel_name": "kalpla", "stream_id": "st-1Abc",
+                   "recording_status": "Recording End",
+                   "recording_status_reason": "", "recording_s3_bucket_name": bucket,
+                   "recording_s3_key_prefix": prefix, "recording_duration_ms": 3_000_000,
+                   "recording_session_id": "rs-1", "recording_session_stream_ids": ["st-1Abc"]}}
+
+
+# --- IVS responses for the Stubber ----------------------------------------------------------------
+
+def channel_arn(channel_id: str = "AbCdEf123456") -> str:
+    return f"arn:aws:ivs:{REGION}:{ACCOUNT}:channel/{channel_id}"
+
+
+def key_pair_response(arn: str = f"arn:aws:ivs:{REGION}:{ACCOUNT}:playback-key/Kp1") -> dict:
+    return {"keyPair": {"arn": arn, "name": "kalpla", "fingerprint": "ab:cd"}}
+
+
+def recording_response(arn: str = f"arn:aws:ivs:{REGION}:{ACCOUNT}:recording-configuration/Rc1"
+                       ) -> dict:
+    return {"recordingConfiguration": {
+        "arn": arn, "name": "kalpla", "state": "ACTIVE",
+        "destinationConfiguration": {"s3": {"bucketName": "recordings"}}}}
+
+
+def channel_response(arn: str, key_value: str = "sk_us-east-1_StreamKeyValue1") -> dict:
+    return {
+        "channel": {"arn": arn, "name": "kalpla", "latencyMode": "LOW", "type": "STANDARD",
+                    "authorized": True,
+                    "ingestEndpoint": "f99084460c35.global-contribute.live-video.net",
+                    "playbackUrl": "https://f99084460c35.us-east-1.playback.live-video.net/"
+                                   "api/video/v1/us-east-1.123456789012.channel.AbCd.m3u8"},
+        "streamKey": {"arn": arn.replace(":channel/", ":stream-key/"), "value": key_value,
+                      "channelArn": arn}}
+
+
+class Capture:
+    """Matches any value in a Stubber's expected parameters, and keeps it."""
+
+    value: Any = None
+
+    def __eq__(self, other: object) -> bool:
+        self.value = other
+        return True
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]

@@ -1,0 +1,426 @@
+"""The Amazon IVS provider over HTTP. No call reaches AWS: botocore's Stubber answers the IVS
+calls (moto answers the channel calls in the moto test), SNS messages are signed with a key
+pair made here whose certificate a local server hands out, and playback tokens are checked
+with PyJWT against the public key, as IVS checks them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import jwt
+import pytest
+from botocore.stub import Stubber
+from kalpla_streaming import routes
+from kalpla_streaming.models import PlaybackKeyPair
+from sqlalchemy import func, select
+from streaming_aws import (
+    LOCAL_PATTERN,
+    Capture,
+    LocalServer,
+    SNSSigner,
+    channel_arn,
+    channel_response,
+    key_pair_response,
+    local_server,
+    recording_event,
+    recording_response,
+    stream_event,
+)
+from streaming_support import EVENTBRIDGE_SECRET, School, ok, problem, school
+
+from kalpla_core.aws import aws_client
+from kalpla_core.db import utcnow
+
+pytestmark = pytest.mark.plugins("streaming")
+
+ORIGIN = "https://learn.school.test"
+BUCKET = "school-recordings"
+
+
+@pytest.fixture(autouse=True)
+def _fake_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_SESSION_TOKEN", "testing")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def server() -> Iterator[LocalServer]:
+    with local_server() as state:
+        yield state
+
+
+def _school(make_app: Any, **settings: Any) -> School:
+    return school(make_app, "ivs", {"ivs_allowed_origin": ORIGIN, "playback_token_ttl": 300,
+                                    "ivs_recording_bucket": BUCKET, **settings},
+                  aws_region="us-east-1", aws_endpoint_url=None,
+                  streaming={"sns_cert_url_pattern": LOCAL_PATTERN})
+
+
+@pytest.fixture
+def s(make_app: Any) -> School:
+    return _school(make_app)
+
+
+@pytest.fixture
+def stub(s: School) -> Iterator[Stubber]:
+    stubber = Stubber(aws_client(s.kalpla, "ivs"))
+    with stubber:
+        yield stubber
+
+
+def _expect_setup(stub: Stubber, s: School, arn: str, material: Capture | None = None) -> None:
+    """The calls of a first broadcast: key pair, recording configuration, channel."""
+    inst = s.school.id
+    stub.add_response("import_playback_key_pair", key_pair_response(), {
+        "publicKeyMaterial": material or Capture(), "name": f"kalpla-{inst}",
+        "tags": {"kalpla:institution": inst}})
+    stub.add_response("create_recording_configuration", recording_response(), {
+        "name": f"kalpla-{inst}", "destinationConfiguration": {"s3": {"bucketName": BUCKET}},
+        "tags": {"kalpla:institution": inst}})
+    stub.add_response("create_channel", channel_response(arn), {
+        "name": f"kalpla-{s.session_id}", "latencyMode": "LOW", "authorized": True,
+        "type": "STANDARD",
+        "recordingConfigurationArn": recording_response()["recordingConfiguration"]["arn"],
+        "tags": {"kalpla:session": s.session_id, "kalpla:institution": inst}})
+
+
+def _eventbridge(s: School, event: dict[str, Any], secret: str = EVENTBRIDGE_SECRET) -> Any:
+    return s.client.post("/api/v1/streaming/webhooks/ivs", json=event,
+                         headers={"X-Kalpla-Streaming-Secret": secret})
+
+
+def _sns(s: School, message: dict[str, Any]) -> Any:
+    return s.client.post("/api/v1/streaming/webhooks/ivs", json=message, headers={
+        "x-amz-sns-message-type": message["Type"], "Content-Type": "text/plain"})
+
+
+def _key_rows(s: School) -> int:
+    with s.kalpla.db.session() as db:
+        return db.scalar(select(func.count()).select_from(PlaybackKeyPair)) or 0
+
+
+# --- the whole flow ---------------------------------------------------------------------------
+
+def test_mentor_broadcasts_students_watch_events_move_the_session(s, stub, server):
+    arn = channel_arn()
+    material = Capture()
+    _expect_setup(stub, s, arn, material)
+    body = ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
+    assert body == {"ingest_endpoint":
+                    "rtmps://f99084460c35.global-contribute.live-video.net:443/app/",
+                    "stream_key": "sk_us-east-1_StreamKeyValue1", "publish_url": None}
+    # The second time, nothing is called: the channel is there.
+    assert ok(s.post(f"/sessions/{s.session_id}/broadcast", s.admin)) == body
+    with s.kalpla.db.session() as db:
+        (keys,) = db.scalars(select(PlaybackKeyPair)).all()
+        assert keys.public_key_pem == material.value and "PRIVATE" not in keys.public_key_pem
+        assert "PRIVATE" not in keys.private_key_encrypted
+    live = s.live()
+    assert live.channel_arn == arn and "StreamKeyValue1" not in (live.stream_key_encrypted or "")
+
+    # An enrolled student's token verifies against the imported public key, as IVS checks it.
+    before = int(utcnow().timestamp())
+    playback = ok(s.post(f"/sessions/{s.session_id}/playback", s.enrolled))
+    assert playback["url"] == f"{channel_response(arn)['channel']['playbackUrl']}" \
+                              f"?token={playback['token']}"
+    assert jwt.get_unverified_header(playback["token"])["alg"] == "ES384"
+    claims = jwt.decode(playback["token"], material.value, algorithms=["ES384"])
+    assert claims["aws:channel-arn"] == arn
+    assert claims["aws:access-control-allow-origin"] == ORIGIN
+    assert claims["aws:viewer-id"] == s.enrolled.id
+    assert before + 300 <= claims["exp"] <= int(utcnow().timestamp()) + 300
+    assert isinstance(claims["exp"], int)
+
+    problem(s.post(f"/sessions/{s.session_id}/playback", s.student), 403)
+    problem(s.post(f"/sessions/{s.session_id}/playback", None), 401)
+    problem(s.post(f"/sessions/{s.session_id}/playback", s.outsider), 404)
+    problem(s.post(f"/sessions/{s.session_id}/broadcast", s.enrolled), 403)
+
+    # Stream start through SNS, end through an EventBridge API destination.
+    start = utcnow().replace(microsecond=0) - timedelta(minutes=30)
+    end = start + timedelta(minutes=25)
+    signer = SNSSigner(server)
+    started = stream_event(arn, "Stream Start", start)
+    assert ok(_sns(s, signer.notification(started))) == {"applied": True}
+    assert s.live().status == "live"
+    ended = stream_event(arn, "Stream End", end)
+    assert ok(_eventbridge(s, ended)) == {"applied": True}
+    live = s.live()
+    assert (live.status, live.started_at, live.ended_at) == ("ended", start, end)
+    # Repeats (same ids, either way) and a late start change nothing more.
+    assert ok(_sns(s, signer.notification(started))) == {"applied": False}
+    assert ok(_eventbridge(s, ended)) == {"applied": False}
+    assert ok(_eventbridge(s, stream_event(arn, "Stream Start", end + timedelta(minutes=1)))) \
+        == {"applied": False}
+    assert ok(_eventbridge(s, stream_event(arn, "Stream End", end + timedelta(minutes=3)))) \
+        == {"applied": False}
+    live = s.live()
+    assert (live.status, live.started_at, live.ended_at) == ("ended", start, end)
+
+    # The recording's place, once it is written.
+    ok(_eventbridge(s, recording_event(arn, end + timedelta(minutes=1), BUCKET,
+                                       "ivs/v1/123456789012/AbCd/2026/11/26/12/0/rec1")))
+    assert s.live().recording_location == \
+        f"s3://{BUCKET}/ivs/v1/123456789012/AbCd/2026/11/26/12/0/rec1"
+    assert ok(s.get(f"/sessions/{s.session_id}", s.enrolled))["has_recording"] is True
+    stub.assert_no_pending_responses()
+
+
+def test_reordered_events_end_in_the_same_state(s, stub):
+    arn = channel_arn()
+    _expect_setup(stub, s, arn)
+    ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
+    start = utcnow().replace(microsecond=0) - timedelta(hours=1)
+    end = start + timedelta(minutes=40)
+    assert ok(_eventbridge(s, stream_event(arn, "Stream End", end))) == {"applied": True}
+    assert ok(_eventbridge(s, stream_event(arn, "Stream Start", start))) == {"applied": True}
+    live = s.live()
+    assert (live.status, live.started_at, live.ended_at) == ("ended", start, end)
+
+
+def test_rotating_and_stopping_call_ivs(s, stub):
+    arn = channel_arn()
+    _expect_setup(stub, s, arn)
+    ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
+    old_key = arn.replace(":channel/", ":stream-key/")
+    stub.add_response("list_stream_keys", {"streamKeys": [{"arn": old_key, "channelArn": arn}]},
+                      {"channelArn": arn})
+    stub.add_response("delete_stream_key", {}, {"arn": old_key})
+    stub.add_response("create_stream_key", {"streamKey": {
+        "arn": f"{old_key}2", "value": "sk_us-east-1_Rotated", "channelArn": arn}},
+        {"channelArn": arn})
+    body = ok(s.post(f"/sessions/{s.session_id}/rotate-key", s.instructor))
+    assert body["stream_key"] == "sk_us-east-1_Rotated"
+    assert ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))["stream_key"] == \
+        "sk_us-east-1_Rotated"
+    # Stopping a channel that is not broadcasting is no error.
+    stub.add_client_error("stop_stream", "ChannelNotBroadcasting", http_status_code=404,
+                          expected_params={"channelArn": arn})
+    assert ok(s.post(f"/sessions/{s.session_id}/stop", s.instructor))["status"] == "ended"
+    stub.assert_no_pending_responses()
+
+
+# --- failures ---------------------------------------------------------------------------------
+
+def test_throttling_is_retried_then_answered_503_and_nothing_is_left_behind(s, stub):
+    inst = s.school.id
+    stub.add_response("import_playback_key_pair", key_pair_response(), {
+        "publicKeyMaterial": Capture(), "name": f"kalpla-{inst}",
+        "tags": {"kalpla:institution": inst}})
+    stub.add_response("create_recording_configuration", recording_response(), None)
+    for _ in range(3):
+        stub.add_client_error("create_channel", "ThrottlingException", http_status_code=429)
+    stub.add_response("delete_recording_configuration", {},
+                      {"arn": recording_response()["recordingConfiguration"]["arn"]})
+    stub.add_response("delete_playback_key_pair", {}, {"arn": key_pair_response()["keyPair"]
+                                                       ["arn"]})
+    r = s.post(f"/sessions/{s.session_id}/broadcast", s.instructor)
+    body = problem(r, 503)
+    assert body["type"] == "urn:kalpla:problem:streaming-provider-busy"
+    assert r.headers["Retry-After"] == "5"
+    stub.assert_no_pending_responses()
+    assert _key_rows(s) == 0
+    live = s.live()
+    assert live.channel_arn is None and live.stream_key_encrypted is None
+
+
+def test_a_service_error_is_retried_and_a_refusal_answered_502_with_clean_up(s, stub):
+    arn = channel_arn()
+    inst = s.school.id
+    stub.add_response("import_playback_key_pair", key_pair_response(), None)
+    stub.add_response("create_recording_configuration", recording_response(), None)
+    stub.add_client_error("create_channel", "ValidationException", http_status_code=400)
+    stub.add_response("delete_recording_configuration", {}, None)
+    stub.add_response("delete_playback_key_pair", {}, None)
+    assert problem(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor), 502)["type"] \
+        == "urn:kalpla:problem:streaming-provider-error"
+    stub.assert_no_pending_responses()
+    assert _key_rows(s) == 0
+
+    # Next time: an internal error, retried, then the channel; the set-up is made afresh.
+    stub.add_response("import_playback_key_pair", key_pair_response(), None)
+    stub.add_response("create_recording_configuration", recording_response(), None)
+    stub.add_client_error("create_channel", "InternalServerException", http_status_code=500)
+    stub.add_response("create_channel", channel_response(arn), None)
+    assert ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))["stream_key"]
+    stub.assert_no_pending_responses()
+    assert _key_rows(s) == 1 and s.live().channel_arn == arn
+    del inst
+
+
+def test_a_failure_after_the_channel_was_made_deletes_it(s, stub, monkeypatch):
+    arn = channel_arn()
+    _expect_setup(stub, s, arn)
+    stub.add_response("delete_channel", {}, {"arn": arn})
+    stub.add_response("delete_recording_configuration", {}, None)
+    stub.add_response("delete_playback_key_pair", {}, None)
+
+    from kalpla_streaming.keys import STREAM_KEY_PURPOSE, seal
+
+    def seal_but_not_stream_keys(secret: str, purpose: str, value: str) -> str:
+        if purpose == STREAM_KEY_PURPOSE:
+            raise RuntimeError("the stream key cannot be sealed")
+        return seal(secret, purpose, value)
+
+    monkeypatch.setattr("kalpla_streaming.providers.ivs.seal", seal_but_not_stream_keys)
+    problem(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor), 500)
+    stub.assert_no_pending_responses()
+    assert _key_rows(s) == 0 and s.live().channel_arn is None
+
+
+def test_unreachable_ivs_is_a_503(s, stub, monkeypatch):
+    from botocore.exceptions import EndpointConnectionError
+
+    def down(*_: Any, **__: Any) -> Any:
+        raise EndpointConnectionError(endpoint_url="https://ivs.us-east-1.amazonaws.com")
+
+    client = aws_client(s.kalpla, "ivs")
+    monkeypatch.setattr(client, "import_playback_key_pair", down)
+    assert problem(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor), 503)["type"] \
+        == "urn:kalpla:problem:streaming-provider-unavailable"
+    assert _key_rows(s) == 0
+
+
+# --- the webhook's checks ---------------------------------------------------------------------
+
+def _with_channel(s: School, stub: Stubber) -> str:
+    arn = channel_arn()
+    _expect_setup(stub, s, arn)
+    ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
+    return arn
+
+
+def test_sns_signatures_are_verified_in_both_versions(s, stub, server):
+    arn = _with_channel(s, stub)
+    signer = SNSSigner(server)
+    at = utcnow().replace(microsecond=0)
+    v1 = signer.notification(stream_event(arn, "Stream Start", at), version="1",
+                             subject="IVS event")
+    assert ok(_sns(s, v1)) == {"applied": True}
+    v2 = signer.notification(stream_event(arn, "Stream End", at + timedelta(minutes=9)))
+    assert ok(_sns(s, v2)) == {"applied": True}
+    assert s.live().status == "ended"
+
+
+def test_forged_or_untrusted_sns_messages_are_refused(s, stub, server):
+    arn = _with_channel(s, stub)
+    signer = SNSSigner(server)
+    event = stream_event(arn, "Stream Start", utcnow())
+    good = signer.notification(event)
+
+    tampered = {**good, "Message": good["Message"].replace("Stream Start", "Stream End")}
+    problem(_sns(s, tampered), 403)
+    problem(_sns(s, {**good, "Signature": "bm90IGEgc2lnbmF0dXJl"}), 403)
+    problem(_sns(s, {**good, "SignatureVersion": "3"}), 403)
+    # A certificate from elsewhere than the trusted host: not even fetched.
+    other = SNSSigner(server, path="/other.pem")
+    elsewhere = other.sign({k: v for k, v in good.items() if k != "Signature"})
+    elsewhere["SigningCertURL"] = elsewhere["SigningCertURL"].replace("127.0.0.1", "localhost")
+    problem(_sns(s, elsewhere), 403)
+    assert "/other.pem" not in server.requests
+    # Signed by another key than the certificate's.
+    impostor = SNSSigner(server, path="/impostor.pem")
+    forged = impostor.notification(event)
+    forged["SigningCertURL"] = signer.cert_url
+    problem(_sns(s, forged), 403)
+    assert s.live().status == "scheduled"
+    assert ok(_sns(s, good)) == {"applied": True}
+
+
+def test_sns_subscription_is_confirmed(s, server):
+    signer = SNSSigner(server)
+    server.files["/confirm"] = b"<ConfirmSubscriptionResponse/>"
+    confirmation = signer.confirmation()
+    assert ok(_sns(s, confirmation)) == {"applied": False}
+    assert any(p.startswith("/confirm?") and confirmation["Token"] in p
+               for p in server.requests)
+    forged = {**confirmation, "Token": "other"}
+    problem(_sns(s, forged), 403)
+
+
+def test_sns_topics_can_be_restricted(make_app, server):
+    s = school(make_app, "ivs", aws_region="us-east-1",
+               streaming={"sns_cert_url_pattern": LOCAL_PATTERN,
+                          "sns_topic_arns": "arn:aws:sns:us-east-1:123456789012:only-this"})
+    signer = SNSSigner(server)
+    problem(_sns(s, signer.notification(stream_event(channel_arn(), "Stream Start",
+                                                       utcnow()))), 403)
+
+
+def test_eventbridge_deliveries_need_the_secret(s, stub):
+    arn = _with_channel(s, stub)
+    event = stream_event(arn, "Stream Start", utcnow())
+    problem(_eventbridge(s, event, secret="wrong"), 401)
+    problem(s.client.post("/api/v1/streaming/webhooks/ivs", json=event), 401)
+    assert s.live().status == "scheduled"
+    problem(_eventbridge(s, {"source": "aws.s3", "id": "x"}), 422)
+    problem(s.client.post("/api/v1/streaming/webhooks/ivs", data=b"{not json",
+                          headers={"X-Kalpla-Streaming-Secret": EVENTBRIDGE_SECRET}), 400)
+    # Unknown channels are acknowledged (EventBridge stops retrying) and ignored.
+    assert ok(_eventbridge(s, stream_event(channel_arn("Unknown"), "Stream Start",
+                                           utcnow()))) == {"applied": False}
+
+
+def test_events_of_an_institution_that_disabled_the_plugin_are_ignored(s, stub):
+    arn = _with_channel(s, stub)
+    r = s.client.delete("/api/v1/institutions/school/plugins/streaming",
+                        headers=s.factories.auth(s.admin, s.school))
+    assert r.status_code == 204
+    assert ok(_eventbridge(s, stream_event(arn, "Stream Start", utcnow()))) == \
+        {"applied": False}
+    assert s.live().status == "scheduled"
+    problem(s.post(f"/sessions/{s.session_id}/playback", s.enrolled), 404)
+
+
+# --- attendance -------------------------------------------------------------------------------
+
+def test_attendance_completes_the_live_lesson(s, stub, monkeypatch):
+    arn = _with_channel(s, stub)
+    start = utcnow().replace(microsecond=0) - timedelta(hours=2)
+    ok(_eventbridge(s, stream_event(arn, "Stream Start", start)))
+    monkeypatch.setattr(routes, "utcnow", lambda: start)
+    ok(s.post(f"/sessions/{s.session_id}/playback", s.enrolled))
+    for t in range(30, 20 * 60 + 1, 30):
+        monkeypatch.setattr(routes, "utcnow", lambda t=t: start + timedelta(seconds=t))
+        ok(s.post(f"/sessions/{s.session_id}/heartbeat", s.enrolled))
+    ok(_eventbridge(s, stream_event(arn, "Stream End", start + timedelta(minutes=30))))
+    progress = ok(s.client.get(f"/api/v1/courses/{s.course_id}/progress",
+                               headers=s.auth(s.enrolled)))
+    (line,) = [ln for ln in progress["lessons"] if ln["lesson_id"] == s.lesson_id]
+    assert line["progress"]["completed"] is True  # 20 of 30 minutes: 67 % ≥ 60 %
+
+
+# --- moto ---------------------------------------------------------------------------------------
+
+def test_the_channel_ivs_gets_is_private_and_low_latency(make_app):
+    from moto import mock_aws
+
+    with mock_aws():
+        s = _school(make_app, ivs_recording_bucket=None, ivs_channel_type="BASIC")
+        # The institution's key pair was imported before (moto has no ImportPlaybackKeyPair).
+        from kalpla_streaming.keys import PLAYBACK_KEY_PURPOSE, new_p384_key_pair, seal
+
+        pair = new_p384_key_pair()
+        with s.kalpla.db.session() as db:
+            db.add(PlaybackKeyPair(
+                institution_id=s.school.id, arn="arn:aws:ivs:us-east-1:123456789012:"
+                "playback-key/Kp1", public_key_pem=pair.public_pem,
+                private_key_encrypted=seal(s.kalpla.settings.secret_key,
+                                           PLAYBACK_KEY_PURPOSE, pair.private_pem)))
+        body = ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
+        client = aws_client(s.kalpla, "ivs")
+        arn = s.live().channel_arn
+        channel = client.get_channel(arn=arn)["channel"]
+        assert channel["authorized"] is True and channel["latencyMode"] == "LOW"
+        assert channel["type"] == "BASIC" and channel["name"] == f"kalpla-{s.session_id}"
+        assert channel["tags"]["kalpla:session"] == s.session_id
+        assert body["ingest_endpoint"] == f"rtmps://{channel['ingestEndpoint']}:443/app/"
+        assert body["stream_key"]
+        token = ok(s.post(f"/sessions/{s.session_id}/playback", s.enrolled))["token"]
+        claims = jwt.decode(token, pair.public_pem, algorithms=["ES384"])
+        assert claims["aws:channel-arn"] == arn
+        assert claims["aws:viewer-id"] == s.enrolled.id
