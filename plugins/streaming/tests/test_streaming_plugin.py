@@ -1,0 +1,88 @@
+"""The plugin's own pieces: deployment settings, institution settings, data hooks, tokens."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from kalpla_streaming.keys import read_rtmp_token, rtmp_token
+from kalpla_streaming.settings import DEFAULT_SNS_CERT_URL, DeploymentConfig
+from streaming_support import ok, problem, school
+
+from kalpla_core.db import utcnow
+
+pytestmark = pytest.mark.plugins("streaming")
+
+
+def test_deployment_settings_from_the_environment():
+    config = DeploymentConfig.load(environ={
+        "KALPLA_STREAMING_HOOK_SECRET": "h", "KALPLA_STREAMING_EVENTBRIDGE_SECRET": "e",
+        "KALPLA_STREAMING_SNS_TOPIC_ARNS": "arn:a, arn:b", "KALPLA_STREAMING_AWS_ATTEMPTS": "5",
+        "KALPLA_STREAMING_AWS_BACKOFF": "0.5"})
+    assert (config.hook_secret, config.eventbridge_secret) == ("h", "e")
+    assert config.sns_topic_arns == ("arn:a", "arn:b")
+    assert (config.aws_attempts, config.aws_backoff) == (5, 0.5)
+    assert config.sns_cert_url_pattern == DEFAULT_SNS_CERT_URL
+    # Overrides (create_app's "streaming" mapping) win over the environment.
+    assert DeploymentConfig.load({"hook_secret": "o"},
+                                 environ={"KALPLA_STREAMING_HOOK_SECRET": "h"}).hook_secret == "o"
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("KALPLA_STREAMING_SNS_CERT_URL_PATTERN", "([", "SNS_CERT_URL_PATTERN"),
+    ("KALPLA_STREAMING_AWS_ATTEMPTS", "0", "AWS_ATTEMPTS"),
+])
+def test_invalid_deployment_settings_name_the_variable(variable, value, message):
+    with pytest.raises(ValueError, match=message):
+        DeploymentConfig.load(environ={variable: value})
+
+
+def test_the_default_certificate_pattern_trusts_sns_hosts_only():
+    import re
+
+    for url in ("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
+                "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-abc.pem"):
+        assert re.match(DEFAULT_SNS_CERT_URL, url)
+    for url in ("http://sns.us-east-1.amazonaws.com/x.pem",
+                "https://sns.us-east-1.amazonaws.com.evil.test/x.pem",
+                "https://evil.test/sns.us-east-1.amazonaws.com/x.pem",
+                "https://sns.us-east-1.amazonaws.com@evil.test/x.pem"):
+        assert not re.match(DEFAULT_SNS_CERT_URL, url)
+
+
+def test_institution_settings_are_validated(make_app):
+    s = school(make_app, "rtmp")
+    admin = s.factories.auth(s.admin, s.school)
+    r = s.client.put("/api/v1/institutions/school/plugins/streaming", headers=admin,
+                     json={"settings": {"provider": "youtube", "attendance_percent": 0,
+                                        "rtmp_ingest_url": "ftp://x"}})
+    errors = problem(r, 422)["errors"]["settings"]
+    assert {"provider", "attendance_percent", "rtmp_ingest_url"} <= set(errors)
+
+
+def test_rtmp_tokens_are_refused_when_tampered_or_expired():
+    now = utcnow()
+    token = rtmp_token("k" * 40, session_id="s1", path="live/s1", viewer_id="u1", now=now,
+                       ttl=60).token
+    assert read_rtmp_token("k" * 40, token)["sub"] == "u1"
+    assert read_rtmp_token("other-secret" * 4, token) is None
+    assert read_rtmp_token("k" * 40, token[:-2] + "xx") is None
+    old = rtmp_token("k" * 40, session_id="s1", path="live/s1", viewer_id="u1",
+                     now=now - timedelta(seconds=61), ttl=60).token
+    assert read_rtmp_token("k" * 40, old) is None
+
+
+def test_export_and_erase_cover_attendance(make_app):
+    s = school(make_app, "rtmp")
+    ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
+    ok(s.post(f"/sessions/{s.session_id}/playback", s.enrolled))
+    pm = s.kalpla.plugins
+    with s.kalpla.db.session() as db:
+        sections: dict[str, Any] = dict(pm.call_each("kalpla_user_export", session=db,
+                                                      user_id=s.enrolled.id))
+        (row,) = sections["streaming"]["attendance"]
+        assert row["session_id"] == s.session_id and row["joins"] == 1
+        pm.call_each("kalpla_user_erase", session=db, user_id=s.enrolled.id)
+        again = dict(pm.call_each("kalpla_user_export", session=db, user_id=s.enrolled.id))
+        assert again["streaming"] == {"attendance": []}
