@@ -93,6 +93,13 @@ def kalpla_blueprints() -> list[Any]:
 
 
 @hookimpl
+def kalpla_cli_commands() -> list[Any]:
+    from kalpla_streaming.cli import streaming
+
+    return [streaming]
+
+
+@hookimpl
 def kalpla_startup(app: Any) -> None:
     from kalpla_streaming.settings import DeploymentConfig
 

@@ -27,6 +27,10 @@ class StreamingSettings(Schema):
                                     validate=validate.Regexp(r"^rtmps?://[^\s?#]+$"))
     rtmp_playback_url = fields.String(load_default="http://localhost:8888",
                                       validate=validate.Regexp(r"^https?://[^\s?#]+$"))
+    rtmp_recording_url = fields.String(load_default="http://localhost:9996",
+                                       validate=validate.Regexp(r"^https?://[^\s?#]+$"),
+                                       metadata={"description": "MediaMTX's playback server "
+                                                 "(recordings)"})
     # ivs
     ivs_channel_type = fields.String(
         load_default="STANDARD",

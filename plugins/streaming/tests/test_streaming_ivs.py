@@ -167,6 +167,8 @@ def test_mentor_broadcasts_students_watch_events_move_the_session(s, stub, serve
     assert s.live().recording_location == \
         f"s3://{BUCKET}/ivs/v1/123456789012/AbCd/2026/11/26/12/0/rec1"
     assert ok(s.get(f"/sessions/{s.session_id}", s.enrolled))["has_recording"] is True
+    assert problem(s.post(f"/sessions/{s.session_id}/playback", s.enrolled), 409)["type"] == \
+        "urn:kalpla:problem:stream-ended"
     stub.assert_no_pending_responses()
 
 
@@ -396,21 +398,26 @@ def test_attendance_completes_the_live_lesson(s, stub, monkeypatch):
 
 # --- moto ---------------------------------------------------------------------------------------
 
+def _imported_key_pair(s: School) -> Any:
+    """The institution's key pair, as if imported before (moto has no ImportPlaybackKeyPair)."""
+    from kalpla_streaming.keys import PLAYBACK_KEY_PURPOSE, new_p384_key_pair, seal
+
+    pair = new_p384_key_pair()
+    with s.kalpla.db.session() as db:
+        db.add(PlaybackKeyPair(
+            institution_id=s.school.id, arn="arn:aws:ivs:us-east-1:123456789012:playback-key/Kp1",
+            public_key_pem=pair.public_pem,
+            private_key_encrypted=seal(s.kalpla.settings.secret_key, PLAYBACK_KEY_PURPOSE,
+                                       pair.private_pem)))
+    return pair
+
+
 def test_the_channel_ivs_gets_is_private_and_low_latency(make_app):
     from moto import mock_aws
 
     with mock_aws():
         s = _school(make_app, ivs_recording_bucket=None, ivs_channel_type="BASIC")
-        # The institution's key pair was imported before (moto has no ImportPlaybackKeyPair).
-        from kalpla_streaming.keys import PLAYBACK_KEY_PURPOSE, new_p384_key_pair, seal
-
-        pair = new_p384_key_pair()
-        with s.kalpla.db.session() as db:
-            db.add(PlaybackKeyPair(
-                institution_id=s.school.id, arn="arn:aws:ivs:us-east-1:123456789012:"
-                "playback-key/Kp1", public_key_pem=pair.public_pem,
-                private_key_encrypted=seal(s.kalpla.settings.secret_key,
-                                           PLAYBACK_KEY_PURPOSE, pair.private_pem)))
+        pair = _imported_key_pair(s)
         body = ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
         client = aws_client(s.kalpla, "ivs")
         arn = s.live().channel_arn
@@ -424,3 +431,49 @@ def test_the_channel_ivs_gets_is_private_and_low_latency(make_app):
         claims = jwt.decode(token, pair.public_pem, algorithms=["ES384"])
         assert claims["aws:channel-arn"] == arn
         assert claims["aws:viewer-id"] == s.enrolled.id
+
+
+def test_channels_of_deleted_or_cancelled_sessions_are_pruned(make_app):
+    from click.testing import CliRunner
+    from moto import mock_aws
+
+    from kalpla_core.cli import make_cli
+
+    with mock_aws():
+        s = _school(make_app, ivs_recording_bucket=None)
+        _imported_key_pair(s)
+        arns = {}
+        for name in ("deleted", "cancelled", "kept"):
+            s.schedule(title=name)
+            ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
+            arns[name] = (s.lesson_id, s.session_id, s.live().channel_arn)
+        client = aws_client(s.kalpla, "ivs")
+        foreign = client.create_channel(name="not-kalpla")["channel"]["arn"]
+
+        def lesson_headers(lesson_id: str) -> dict[str, str]:
+            etag = s.client.get(f"/api/v1/lessons/{lesson_id}",
+                                headers=s.auth(s.instructor)).headers["ETag"]
+            return {**s.auth(s.instructor), "If-Match": etag}
+
+        lesson_id = arns["deleted"][0]
+        assert s.client.delete(f"/api/v1/lessons/{lesson_id}",
+                               headers=lesson_headers(lesson_id)).status_code == 204
+        lesson_id = arns["cancelled"][0]
+        ok(s.client.patch(f"/api/v1/lessons/{lesson_id}", json={"kind": "text", "body": "x"},
+                          headers=lesson_headers(lesson_id)))
+
+        def cli() -> Any:  # the command line builds its own app
+            return make_cli(create_app=lambda: make_app(plugins=["streaming"],
+                                                        aws_region="us-east-1"))
+
+        runner = CliRunner()
+        dry = runner.invoke(cli(), ["streaming", "prune-channels", "--dry-run"])
+        assert dry.exit_code == 0, dry.output
+        assert len(client.list_channels()["channels"]) == 4
+        result = runner.invoke(cli(), ["streaming", "prune-channels"])
+        assert result.exit_code == 0, result.output
+        assert set(result.stdout.split()) == {arns["deleted"][2], arns["cancelled"][2]}
+        left = {c["arn"] for c in client.list_channels()["channels"]}
+        assert left == {arns["kept"][2], foreign}
+        s.session_id = arns["cancelled"][1]
+        assert s.live().channel_arn is None

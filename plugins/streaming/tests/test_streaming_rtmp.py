@@ -433,3 +433,19 @@ def test_lists_run_a_bounded_number_of_queries(s, monkeypatch):
         ok(s.post(f"/sessions/{busiest}/playback", viewer))
     s.session_id = busiest
     assert counts() == few
+
+
+def test_after_the_end_playback_is_the_recording(s):
+    ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
+    live_token = _token(s, s.enrolled)
+    start = utcnow().replace(microsecond=0) - timedelta(hours=1)
+    ok(_notify(s, "ready", start))
+    ok(_notify(s, "not_ready", start + timedelta(minutes=45)))
+    body = ok(s.post(f"/sessions/{s.session_id}/playback", s.enrolled))
+    url = urlparse(body["url"])
+    assert f"{url.scheme}://{url.netloc}{url.path}" == "http://localhost:9996/list"
+    assert parse_qs(url.query) == {"path": [f"live/{s.session_id}"], "jwt": [body["token"]]}
+    assert _auth(s, "playback", query=url.query).status_code == 200
+    assert _auth(s, "playback", query=f"jwt={live_token}").status_code == 200
+    assert _auth(s, "read", query=f"jwt={body['token']}").status_code == 403
+    problem(s.post(f"/sessions/{s.session_id}/playback", s.student), 403)

@@ -189,6 +189,10 @@ class IVSProvider:
 
     def playback(self, ctx: ProviderContext, live: LiveSession, viewer_id: str) -> Playback:
         assert live.channel_arn is not None and live.playback_url is not None
+        if live.status == "ended":
+            # The channel serves only the live stream; the recording is in S3.
+            raise APIError(409, "The live stream has ended; its recording is not served "
+                           "through IVS playback.", "stream-ended")
         keys = ctx.session.scalar(select(PlaybackKeyPair).where(
             PlaybackKeyPair.institution_id == live.institution_id))
         assert keys is not None  # made with the channel
@@ -197,6 +201,34 @@ class IVSProvider:
                           allowed_origin=ctx.settings.get("ivs_allowed_origin", "*"),
                           now=ctx.now, ttl=int(ctx.settings["playback_token_ttl"]))
         return Playback(f"{live.playback_url}?token={quote(token.token)}", token)
+
+
+    def prune_channels(self, ctx: ProviderContext, *, dry_run: bool = False) -> list[str]:
+        """Delete the channels Kalpla made (tagged ``kalpla:session``) whose session is gone
+        (its lesson or course was deleted) or cancelled; returns their ARNs. Channels of
+        sessions that still exist are kept, even before their creation was committed."""
+        pruned: list[str] = []
+        token: str | None = None
+        while True:
+            page = self._call(ctx, "list_channels", **({"nextToken": token} if token else {}))
+            for channel in page.get("channels", []):
+                session_id = (channel.get("tags") or {}).get("kalpla:session")
+                if session_id is None:
+                    continue  # not ours
+                live = ctx.session.get(LiveSession, session_id)
+                if live is not None and live.status != "cancelled":
+                    continue
+                pruned.append(channel["arn"])
+                if dry_run:
+                    continue
+                self._call(ctx, "delete_channel", arn=channel["arn"],
+                           ignore=frozenset({"ResourceNotFoundException"}))
+                if live is not None and live.channel_arn == channel["arn"]:
+                    for name in CHANNEL_FIELDS:
+                        setattr(live, name, None)
+            token = page.get("nextToken")
+            if not token:
+                return pruned
 
 
 def _verb(operation: str) -> str:

@@ -3,7 +3,9 @@
 Each session gets the path ``live/<session id>`` and a stream key issued by Kalpla. The
 instructor publishes to ``<rtmp_ingest_url>/live/<id>`` with the key as password (MediaMTX
 reads ``?user=…&pass=…`` on RTMP); viewers read ``<rtmp_playback_url>/live/<id>/index.m3u8``
-with a signed, expiring token in the query (``?jwt=…``). The media server's
+with a signed, expiring token in the query (``?jwt=…``), and once the session has ended its
+recording from the playback server (``<rtmp_recording_url>/list?path=live/<id>&jwt=…``). The
+media server's
 ``authHTTPAddress`` callback (``kalpla_streaming.mediamtx``) checks both.
 """
 
@@ -47,6 +49,11 @@ class RTMPProvider:
         token = rtmp_token(ctx.secret_key, session_id=live.id, path=live.rtmp_path,
                            viewer_id=viewer_id, now=ctx.now,
                            ttl=int(ctx.settings["playback_token_ttl"]))
+        if live.status == "ended":
+            # The recording, from MediaMTX's playback server (which asks with "playback").
+            base = ctx.settings.get("rtmp_recording_url", "http://localhost:9996").rstrip("/")
+            return Playback(f"{base}/list?path={quote(live.rtmp_path, safe='')}"
+                            f"&jwt={quote(token.token)}", token)
         return Playback(f"{live.playback_url}?jwt={quote(token.token)}", token)
 
 
