@@ -49,6 +49,7 @@ class School:
     instructor: Any
     student: Any
     student2: Any
+    new_app: Any = None  # builds another app like ``app`` (the CLI adds commands to its app)
 
     @property
     def kalpla(self) -> Any:
@@ -85,15 +86,29 @@ class School:
         return ok(self.client.get(f"/api/v1/payments/orders/{order_id}",
                                   headers=self.auth(user or self.admin)))
 
+    def reconcile(self) -> str:
+        """``kalpla payments reconcile`` through the ``kalpla`` command line on this app."""
+        from click.testing import CliRunner
+
+        from kalpla_core.cli import make_cli
+
+        result = CliRunner().invoke(make_cli(create_app=self.new_app),
+                                    ["payments", "reconcile"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return str(result.output)
+
     def set_keys(self, provider: str, values: dict[str, str]) -> None:
         ok(self.client.put(f"/api/v1/payments/credentials/{provider}",
                            json={"values": values}, headers=self.auth(self.admin)))
 
 
 def school(make_app: Any, settings: dict[str, Any] | None = None, **config: Any) -> School:
-    app = make_app(plugins=["payments"])
-    for key, value in config.items():
-        app.config[key] = value
+    def new_app() -> Any:
+        app = make_app(plugins=["payments"])
+        app.config.update(config)
+        return app
+
+    app = new_app()
     f = Factories(app)
     inst = f.institution("school", plugins={"payments": settings or {}})
     other = f.institution("other")
@@ -101,7 +116,8 @@ def school(make_app: Any, settings: dict[str, Any] | None = None, **config: Any)
                   admin=f.user(name="Ada Admin", roles={inst: ["admin"]}),
                   instructor=f.user(name="Ines Instructor", roles={inst: ["mentor"]}),
                   student=f.user(name="Sam Student", roles={inst: ["student"]}),
-                  student2=f.user(name="Tia Student", roles={inst: ["student"]}))
+                  student2=f.user(name="Tia Student", roles={inst: ["student"]}),
+                  new_app=new_app)
 
 
 # --- signing, as the providers do -----------------------------------------------------------

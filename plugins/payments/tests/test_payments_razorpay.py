@@ -7,7 +7,6 @@ import json
 import time
 from typing import Any
 
-from click.testing import CliRunner
 from payments_support import (
     RAZORPAY_KEYS,
     fake_server,
@@ -108,11 +107,9 @@ def test_reconcile_asks_razorpay_about_pending_orders(make_app):
         action = ok(s.enroll(s.student, cid), 202)["action"]
         fake.objects[action["razorpay_order_id"]]["payments"].append(
             _payment(action["razorpay_order_id"], 1500, "pay_9"))
-        from kalpla_payments.cli import payments
 
-        with s.app.app_context():
-            out = CliRunner().invoke(payments, ["reconcile"], catch_exceptions=False)
-        assert "applied=1" in out.output, out.output
+        out = s.reconcile()
+        assert "applied=1" in out, out
         assert s.order(action["order_id"])["status"] == "paid"
         assert s.status(cid, s.student) == "active"
 
@@ -169,15 +166,12 @@ def test_reconcile_finds_a_charged_razorpay_subscription(make_app):
         order = ok(s.client.post("/api/v1/payments/orders", json={"plan_id": plan["id"]},
                                  headers=s.auth(s.student)), 201)
         sub_ref = order["checkout"]["razorpay_subscription_id"]
-        from kalpla_payments.cli import payments
 
-        with s.app.app_context():
-            out = CliRunner().invoke(payments, ["reconcile"], catch_exceptions=False)
-        assert "applied=0" in out.output and s.order(order["id"])["status"] == "pending"
+        out = s.reconcile()
+        assert "applied=0" in out and s.order(order["id"])["status"] == "pending"
         end = int(time.time()) + 7 * 86400
         fake.objects[sub_ref].update(status="active", paid_count=1, current_end=end)
-        with s.app.app_context():
-            out = CliRunner().invoke(payments, ["reconcile"], catch_exceptions=False)
-        assert "applied=2" in out.output, out.output
+        out = s.reconcile()
+        assert "applied=2" in out, out
         assert s.order(order["id"])["status"] == "paid"
         assert ok(s.enroll(s.student, a), 201)["status"] == "active"
