@@ -272,6 +272,7 @@ class Receipt(MethodView):
 
 @blp.route("/orders/<order_id>/mark-paid")
 class MarkPaid(MethodView):
+    @idempotent
     @blp.arguments(MarkPaidSchema)
     @blp.response(200, OrderSchema)
     @blp.doc(security=BEARER)
@@ -293,11 +294,13 @@ class MarkPaid(MethodView):
 
 @blp.route("/orders/<order_id>/refund")
 class RefundOrder(MethodView):
+    @idempotent
     @blp.arguments(RefundSchema)
     @blp.response(200, OrderSchema)
     @blp.doc(security=BEARER)
     def post(self, data: dict[str, Any], order_id: str) -> Any:
-        """Refund part or all of a paid order (``payments.refund``); never more than paid."""
+        """Refund part or all of a paid order (``payments.refund``); never more than paid.
+        Honours ``Idempotency-Key``: a retried refund is answered, not repeated."""
         order, _ = _order(order_id)
         user = require_permission(REFUND, order.institution_id)
         orders.refund(db_session(), kalpla(), order, amount=data["amount"],

@@ -51,8 +51,13 @@ def test_paid_course_checkout_mark_paid_receipt_and_refund(make_app):
                               headers=s.auth(s.admin)), 422)
     assert "amount" in p["errors"]
     problem(s.client.post(url, json={"reason": "mine"}, headers=s.auth(s.student)), 403)
+    keyed = {**s.auth(s.admin), "Idempotency-Key": "refund-1"}
     part = ok(s.client.post(url, json={"amount": 9000, "reason": "goodwill",
-                                       "reference": "R1"}, headers=s.auth(s.admin)))
+                                       "reference": "R1"}, headers=keyed))
+    # The same refund retried with its key is answered again, not refunded twice.
+    again = s.client.post(url, json={"amount": 9000, "reason": "goodwill", "reference": "R1"},
+                          headers=keyed)
+    assert ok(again)["amount_refunded"] == 9000 and again.headers["Idempotent-Replayed"]
     assert part["status"] == "partially_refunded" and part["amount_refunded"] == 9000
     assert s.status(paid, s.student) == "active"
     full = ok(s.client.post(url, json={"reason": "left the course"},
