@@ -93,8 +93,8 @@ def apply(session: Session, kalpla: Any, institution_id: str, provider: str,
             if sub is not None and not sub.provider_ref:
                 sub.provider_ref = event.subscription_ref
                 session.flush()
-    elif event.kind == "failed":
-        orders.fail(session, order, status="failed", actor=actor, reason=event.type, now=now)
+    elif event.kind in ("failed", "expired"):
+        orders.fail(session, order, status=event.kind, actor=actor, reason=event.type, now=now)
     elif event.kind == "refunded":
         # A refund that overtook its payment: the money was taken, so pay first.
         if order.status not in orders.PAID_STATES and not _pay(

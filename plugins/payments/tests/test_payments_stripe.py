@@ -234,3 +234,27 @@ def test_a_stripe_subscription_grants_its_courses_until_deleted(make_app):
             "id": "sub_1", "status": "canceled", "metadata": {}})))
         assert s.status(a, s.student) == "dropped" and s.status(b, s.student) == "dropped"
         assert ok(s.enroll(s.student, a), 202)["status"] == "pending"
+
+
+def test_an_expired_checkout_expires_the_order_and_a_late_payment_still_counts(make_app):
+    with fake_server("stripe") as fake:
+        s = _stripe_school(make_app, fake)
+        cid = s.course("paid", price=1000)
+        ok(s.client.post("/api/v1/payments/coupons", json={
+            "code": "TEN", "kind": "percent", "value": 10, "max_uses": 1},
+            headers=s.auth(s.admin)), 201)
+        order = ok(s.client.post("/api/v1/payments/orders",
+                                 json={"course_id": cid, "coupon": "TEN"},
+                                 headers=s.auth(s.student)), 201)
+        sid = order["checkout"]["url"].rsplit("/", 1)[1]
+        cs = fake.objects[sid]
+        ok(_post(s, stripe_event("evt_exp", "checkout.session.expired",
+                                 {**cs, "status": "expired"})))
+        assert s.order(order["id"])["status"] == "expired"
+        coupons = ok(s.client.get("/api/v1/payments/coupons", headers=s.auth(s.admin)))
+        assert coupons["items"][0]["used_count"] == 0  # released with the expired order
+        ok(_post(s, _completed(fake, sid)))
+        got = s.order(order["id"])
+        assert got["status"] == "paid" and got["amount_paid"] == 900
+        coupons = ok(s.client.get("/api/v1/payments/coupons", headers=s.auth(s.admin)))
+        assert coupons["items"][0]["used_count"] == 1

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-EventKind = Literal["paid", "failed", "refunded", "subscription", "ignored"]
+EventKind = Literal["paid", "failed", "expired", "refunded", "subscription", "ignored"]
 
 
 class WebhookError(Exception):
@@ -59,7 +59,7 @@ class PaymentEvent:
     """A provider event, normalised.
 
     - ``paid``: ``amount`` was paid for the order (``payment_id`` the gateway's payment);
-    - ``failed``: the payment attempt failed;
+    - ``failed``: the payment attempt failed; ``expired``: the checkout ran out unpaid;
     - ``refunded``: ``amount`` is the *total* refunded so far for the payment (events may
       arrive late or twice; totals make them safe to apply in any order); ``paid_amount`` is
       what was paid, so a refund seen before its payment can apply both;

@@ -105,6 +105,9 @@ class StripeProvider:
                                     order_ref=obj.get("id"),
                                     payment_id=obj.get("payment_intent"),
                                     amount=int(obj.get("amount_total") or 0))
+        elif etype == "checkout.session.expired":
+            return PaymentEvent(eid, etype, "expired", order_id=meta.get("order_id"),
+                                order_ref=obj.get("id"))
         elif etype == "payment_intent.payment_failed":
             return PaymentEvent(eid, etype, "failed", order_id=meta.get("order_id"),
                                 payment_id=obj.get("id"))
@@ -159,7 +162,7 @@ class StripeProvider:
                                  amount=int(s.amount_total or 0))]
         if s.status == "expired":
             return [PaymentEvent(f"poll:{provider_ref}:expired", "checkout.session.poll",
-                                 "failed", order_ref=provider_ref)]
+                                 "expired", order_ref=provider_ref)]
         return []
 
     def refund(self, credentials: Mapping[str, str], payment_id: str, amount: int,
