@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from kalpla_core.courses.access import can_read_lesson, has_seat
 from kalpla_core.courses.models import Course, CourseInstructor, Lesson
 from kalpla_core.enrollment.models import SEATED, Enrollment
+from kalpla_core.enrollment.state import serialise_writes
 from kalpla_core.identity.models import User
 from kalpla_core.toolkit import APIError
 from kalpla_streaming import attendance
@@ -159,7 +160,9 @@ def _ingest(ctx: ProviderContext, live: LiveSession) -> Ingest:
 
 
 def broadcast(ctx: ProviderContext, provider: StreamingProvider, live: LiveSession) -> Ingest:
-    """The ingest endpoint and stream key, the channel made on first use."""
+    """The ingest endpoint and stream key, the channel made on first use. The session row is
+    locked first, so two first broadcasts at once make one channel, not two."""
+    live = lock(ctx.session, live.id)
     _open(live)
     provider.open_channel(ctx, live)
     ctx.session.flush()
@@ -167,6 +170,7 @@ def broadcast(ctx: ProviderContext, provider: StreamingProvider, live: LiveSessi
 
 
 def rotate_key(ctx: ProviderContext, provider: StreamingProvider, live: LiveSession) -> Ingest:
+    live = lock(ctx.session, live.id)
     _open(live)
     provider.open_channel(ctx, live)
     provider.rotate_key(ctx, live)
@@ -177,6 +181,7 @@ def rotate_key(ctx: ProviderContext, provider: StreamingProvider, live: LiveSess
 def stop(ctx: ProviderContext, kalpla: Any, provider: StreamingProvider,
          live: LiveSession) -> LiveSession:
     """End the session now (the provider stops the stream); stopping again changes nothing."""
+    live = lock(ctx.session, live.id)
     if live.status == "cancelled":
         raise APIError(409, "The session was cancelled.", "session-closed")
     if live.status == "ended":
@@ -246,7 +251,9 @@ def first_time(session: Session, source: str, event_id: str, kind: str, occurred
 
 
 def lock(session: Session, live_id: str) -> LiveSession:
-    """The session row, locked for the rest of the transaction (PostgreSQL)."""
+    """The session row, fresh and locked for the rest of the transaction (``SELECT … FOR
+    UPDATE``; on SQLite, the database write lock)."""
+    serialise_writes(session)
     found = session.scalar(select(LiveSession).where(LiveSession.id == live_id)
                            .with_for_update().execution_options(populate_existing=True))
     assert found is not None

@@ -449,3 +449,24 @@ def test_after_the_end_playback_is_the_recording(s):
     assert _auth(s, "playback", query=f"jwt={live_token}").status_code == 200
     assert _auth(s, "read", query=f"jwt={body['token']}").status_code == 403
     problem(s.post(f"/sessions/{s.session_id}/playback", s.student), 403)
+
+
+def test_concurrent_first_broadcasts_share_one_key(s):
+    import threading
+
+    results: list[Any] = []
+    barrier = threading.Barrier(4)
+
+    def broadcast() -> None:
+        client = s.app.test_client()
+        barrier.wait()
+        results.append(client.post(f"/api/v1/streaming/sessions/{s.session_id}/broadcast",
+                                   headers=s.auth(s.instructor)))
+
+    threads = [threading.Thread(target=broadcast) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in results] == [200] * 4
+    assert len({r.get_json()["stream_key"] for r in results}) == 1
