@@ -184,7 +184,10 @@ def test_reordered_events_end_in_the_same_state(s, stub):
     assert (live.status, live.started_at, live.ended_at) == ("ended", start, end)
 
 
-def test_rotating_and_stopping_call_ivs(s, stub):
+def test_rotating_and_stopping_call_ivs(s, stub, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
     arn = channel_arn()
     _expect_setup(stub, s, arn)
     ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
@@ -204,6 +207,8 @@ def test_rotating_and_stopping_call_ivs(s, stub):
                           expected_params={"channelArn": arn})
     assert ok(s.post(f"/sessions/{s.session_id}/stop", s.instructor))["status"] == "ended"
     stub.assert_no_pending_responses()
+    # Stream keys are never logged by Kalpla.
+    assert "StreamKeyValue1" not in caplog.text and "sk_us-east-1_Rotated" not in caplog.text
 
 
 # --- failures ---------------------------------------------------------------------------------
@@ -412,11 +417,14 @@ def _imported_key_pair(s: School) -> Any:
     return pair
 
 
-def test_the_channel_ivs_gets_is_private_and_low_latency(make_app):
+def test_the_channel_ivs_gets_is_private_and_low_latency(make_app, caplog):
+    import logging
+
     from moto import mock_aws
 
     with mock_aws():
         s = _school(make_app, ivs_recording_bucket=None, ivs_channel_type="BASIC")
+        caplog.set_level(logging.DEBUG)  # after the app set the root logger's level
         pair = _imported_key_pair(s)
         body = ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
         client = aws_client(s.kalpla, "ivs")
@@ -426,7 +434,9 @@ def test_the_channel_ivs_gets_is_private_and_low_latency(make_app):
         assert channel["type"] == "BASIC" and channel["name"] == f"kalpla-{s.session_id}"
         assert channel["tags"]["kalpla:session"] == s.session_id
         assert body["ingest_endpoint"] == f"rtmps://{channel['ingestEndpoint']}:443/app/"
-        assert body["stream_key"]
+        assert body["stream_key"] and "Response body" in caplog.text
+        # botocore logs response bodies at DEBUG; not those holding stream keys.
+        assert body["stream_key"] not in caplog.text
         token = ok(s.post(f"/sessions/{s.session_id}/playback", s.enrolled))["token"]
         claims = jwt.decode(token, pair.public_pem, algorithms=["ES384"])
         assert claims["aws:channel-arn"] == arn

@@ -46,6 +46,25 @@ CHANNEL_FIELDS = ("channel_arn", "stream_key_arn", "ingest_endpoint", "playback_
                   "stream_key_encrypted")
 
 
+class HideStreamKeys(logging.Filter):
+    """botocore logs every response body at DEBUG; drop those carrying IVS stream keys
+    (CreateChannel, CreateStreamKey, GetStreamKey), whatever the deployment's log level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG:
+            return True
+        try:
+            text = record.getMessage()
+        except Exception:  # a record that cannot be formatted is not ours to judge
+            return True
+        return "streamKey" not in text
+
+
+HIDE_STREAM_KEYS = HideStreamKeys()
+# Loggers that write response bodies (a filter acts only on records made by its own logger).
+BODY_LOGGERS = ("botocore.parsers", "botocore.endpoint")
+
+
 class IVSProvider:
     name = "ivs"
 
@@ -59,6 +78,8 @@ class IVSProvider:
         from kalpla_core.aws import aws_client
 
         kalpla = app.extensions["kalpla"]
+        for name in BODY_LOGGERS:
+            logging.getLogger(name).addFilter(HIDE_STREAM_KEYS)  # added once per process
         return cls(lambda: aws_client(kalpla, "ivs"))
 
     # --- calls ----------------------------------------------------------------------------
