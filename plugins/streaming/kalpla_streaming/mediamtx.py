@@ -11,8 +11,10 @@ publish, read and playback, and lets the client in only on a 2xx answer. Kalpla 
   playback token Kalpla signed for that session and viewer, unexpired, given as ``jwt`` or
   ``token`` in the query, as the bearer token or as the password — and only while the
   viewer may still watch (enrollment still active);
-- nothing else (``api``, ``metrics``, ``pprof``, unknown paths, sessions of institutions
-  that disabled the plugin, other providers' sessions).
+- ``api`` to Kalpla itself only (user ``kalpla``, the hook secret as password: it
+  disconnects the publisher of a stopped session);
+- nothing else (``metrics``, ``pprof``, unknown paths, sessions of institutions that
+  disabled the plugin, other providers' sessions).
 
 Notifications: ``runOnReady``/``runOnNotReady`` hooks post ``{event: ready|not_ready, path,
 occurred_at?, id?}`` with the shared secret in ``X-Kalpla-Streaming-Secret``; ready moves the
@@ -33,6 +35,7 @@ from kalpla_core.identity.models import User
 from kalpla_core.toolkit import APIError
 from kalpla_streaming import service
 from kalpla_streaming.keys import STREAM_KEY_PURPOSE, read_rtmp_token, same_secret, unseal
+from kalpla_streaming.providers.rtmp import API_USER
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,13 @@ def _query(req: AuthRequest) -> dict[str, str]:
 
 
 def authorize(session: Session, kalpla: Any, secret_key: str, req: AuthRequest,
-              now: datetime) -> Verdict:
+              now: datetime, hook_secret: str | None = None) -> Verdict:
     """Whether MediaMTX should let this client in; the reason is for the log only."""
+    if req.action == "api":
+        # Kalpla itself, disconnecting a stopped session's publisher.
+        if req.user == API_USER and same_secret(req.password, hook_secret):
+            return Verdict(True, "kalpla")
+        return _deny("the api is Kalpla's")
     if req.action not in ("publish", "read", "playback"):
         return _deny(f"action {req.action!r} is not served")
     live = service.by_path(session, req.path.strip("/"))

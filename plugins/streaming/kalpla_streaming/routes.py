@@ -218,7 +218,7 @@ class MediaMTXAuth(MethodView):
             "action", "path", "user", "password", "token", "query", "ip", "protocol")},
             id=data.get("id"))
         verdict = mediamtx.authorize(db_session(), kalpla(), kalpla().settings.secret_key,
-                                     req, utcnow())
+                                     req, utcnow(), _config().hook_secret)
         # Never log credentials: the action, path and reason only.
         log.info("media server %s of %r: %s (%s)", req.action, req.path,
                  "allowed" if verdict.allowed else "refused", verdict.reason)

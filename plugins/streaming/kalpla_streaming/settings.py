@@ -31,6 +31,10 @@ class StreamingSettings(Schema):
                                        validate=validate.Regexp(r"^https?://[^\s?#]+$"),
                                        metadata={"description": "MediaMTX's playback server "
                                                  "(recordings)"})
+    rtmp_api_url = fields.String(load_default=None, allow_none=True,
+                                 validate=validate.Regexp(r"^https?://[^\s?#]+$"),
+                                 metadata={"description": "MediaMTX's control API: when set, "
+                                           "stopping a session disconnects its publisher"})
     # ivs
     ivs_channel_type = fields.String(
         load_default="STANDARD",

@@ -32,6 +32,7 @@ class LocalServer:
 
     files: dict[str, bytes] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
+    authorizations: list[str] = field(default_factory=list)
     base: str = ""
 
 
@@ -42,10 +43,17 @@ def local_server() -> Iterator[LocalServer]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             state.requests.append(self.path)
+            state.authorizations.append(self.headers.get("Authorization", ""))
             body = state.files.get(self.path.split("?")[0])
             self.send_response(200 if body is not None else 404)
             self.end_headers()
             self.wfile.write(body or b"")
+
+        def do_POST(self) -> None:
+            state.requests.append(f"POST {self.path}")
+            state.authorizations.append(self.headers.get("Authorization", ""))
+            self.send_response(200 if f"POST {self.path}" in state.files else 404)
+            self.end_headers()
 
         def log_message(self, *args: Any) -> None:
             return None

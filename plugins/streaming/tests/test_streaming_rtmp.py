@@ -470,3 +470,40 @@ def test_concurrent_first_broadcasts_share_one_key(s):
         t.join()
     assert [r.status_code for r in results] == [200] * 4
     assert len({r.get_json()["stream_key"] for r in results}) == 1
+
+
+def test_stopping_disconnects_the_publisher_through_mediamtx_api(make_app):
+    import base64
+    import json
+
+    from streaming_aws import local_server
+
+    with local_server() as api:
+        s = school(make_app, "rtmp", {"rtmp_api_url": api.base})
+        ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
+        path = f"live/{s.session_id}"
+        api.files["/v3/rtmpconns/list"] = json.dumps({"itemCount": 3, "pageCount": 1, "items": [
+            {"id": "c-pub", "state": "publish", "path": path},
+            {"id": "c-read", "state": "read", "path": path},
+            {"id": "c-other", "state": "publish", "path": "live/someone-else"}]}).encode()
+        api.files["/v3/rtmpsconns/list"] = json.dumps({"items": []}).encode()
+        api.files["POST /v3/rtmpconns/kick/c-pub"] = b""
+        assert ok(s.post(f"/sessions/{s.session_id}/stop", s.instructor))["status"] == "ended"
+        assert [r for r in api.requests if r.startswith("POST")] == \
+            ["POST /v3/rtmpconns/kick/c-pub"]
+        # Kalpla calls the API as "kalpla" with the hook secret, which the auth callback
+        # allows for the api action (and nobody else).
+        user, password = base64.b64decode(api.authorizations[0].split()[1]).decode().split(":")
+        assert _auth(s, "api", user=user, password=password).status_code == 200
+        assert _auth(s, "api", user=user, password="guess").status_code == 403
+        assert _auth(s, "api", user="admin", password=password).status_code == 403
+
+
+def test_stop_answers_502_when_mediamtx_api_is_down(make_app):
+    from streaming_aws import local_server
+
+    with local_server() as api:
+        s = school(make_app, "rtmp", {"rtmp_api_url": api.base})  # serves no API: 404s
+        ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
+        problem(s.post(f"/sessions/{s.session_id}/stop", s.instructor), 502)
+        assert s.live().status == "scheduled"

@@ -11,13 +11,23 @@ media server's
 
 from __future__ import annotations
 
+import base64
+import json
+import logging
+import urllib.request
+from typing import Any
 from urllib.parse import quote
 
+from kalpla_core.toolkit import APIError
 from kalpla_streaming.keys import STREAM_KEY_PURPOSE, new_stream_key, rtmp_token, seal
 from kalpla_streaming.models import LiveSession
 from kalpla_streaming.providers import Playback, ProviderContext
 
 PUBLISH_USER = "kalpla"
+API_USER = "kalpla"
+API_TIMEOUT = 5
+
+log = logging.getLogger("kalpla_streaming.rtmp")
 
 
 def path_of(live: LiveSession) -> str:
@@ -40,9 +50,24 @@ class RTMPProvider:
         live.stream_key_encrypted = seal(ctx.secret_key, STREAM_KEY_PURPOSE, new_stream_key())
 
     def stop(self, ctx: ProviderContext, live: LiveSession) -> None:
-        # Nothing to call: once the session has ended the auth callback refuses the
-        # publisher, and the unpublish notification finds the session ended already.
-        return None
+        """Disconnect the publisher through MediaMTX's control API when it is configured.
+        Either way, once the session has ended the auth callback refuses the publisher."""
+        api = ctx.settings.get("rtmp_api_url")
+        if not api or live.rtmp_path is None:
+            return
+        secret = ctx.config.hook_secret or ""
+        try:
+            for kind in ("rtmpconns", "rtmpsconns"):
+                listed = _api(f"{api.rstrip('/')}/v3/{kind}/list", secret)
+                for conn in listed.get("items") or []:
+                    if conn.get("path") == live.rtmp_path and conn.get("state") == "publish":
+                        _api(f"{api.rstrip('/')}/v3/{kind}/kick/{quote(str(conn['id']))}",
+                             secret, method="POST")
+        except (OSError, ValueError) as exc:
+            log.warning("MediaMTX API call failed while stopping %s: %s", live.id,
+                        type(exc).__name__)
+            raise APIError(502, "The media server could not be told to stop the stream.",
+                           "streaming-provider-error") from None
 
     def playback(self, ctx: ProviderContext, live: LiveSession, viewer_id: str) -> Playback:
         assert live.rtmp_path is not None and live.playback_url is not None
@@ -55,6 +80,17 @@ class RTMPProvider:
             return Playback(f"{base}/list?path={quote(live.rtmp_path, safe='')}"
                             f"&jwt={quote(token.token)}", token)
         return Playback(f"{live.playback_url}?jwt={quote(token.token)}", token)
+
+
+def _api(url: str, secret: str, method: str = "GET") -> dict[str, Any]:
+    """One call of MediaMTX's control API, as the user ``kalpla`` with the hook secret (the
+    auth callback allows the ``api`` action to exactly that)."""
+    # The URL comes from the rtmp_api_url setting, validated as http(s).
+    request = urllib.request.Request(url, method=method, headers={  # noqa: S310
+        "Authorization": "Basic " + base64.b64encode(f"{API_USER}:{secret}".encode()).decode()})
+    with urllib.request.urlopen(request, timeout=API_TIMEOUT) as resp:  # noqa: S310
+        body = resp.read(1024 * 1024)
+    return json.loads(body) if body.strip() else {}
 
 
 def publish_url(live: LiveSession, stream_key: str) -> str:
