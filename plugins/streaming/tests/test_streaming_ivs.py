@@ -53,10 +53,15 @@ def server() -> Iterator[LocalServer]:
         yield state
 
 
-def _school(make_app: Any, **settings: Any) -> School:
+# Where a call the Stubber did not answer would go: a closed local port, never AWS.
+NOWHERE = "http://127.0.0.1:9"
+
+
+def _school(make_app: Any, endpoint: str | None = NOWHERE, **settings: Any) -> School:
+    """An institution on IVS; ``endpoint=None`` for moto, which answers AWS's own hosts."""
     return school(make_app, "ivs", {"ivs_allowed_origin": ORIGIN, "playback_token_ttl": 300,
                                     "ivs_recording_bucket": BUCKET, **settings},
-                  aws_region="us-east-1", aws_endpoint_url=None,
+                  aws_region="us-east-1", aws_endpoint_url=endpoint,
                   streaming={"sns_cert_url_pattern": LOCAL_PATTERN})
 
 
@@ -350,7 +355,7 @@ def test_sns_subscription_is_confirmed(s, server):
 
 
 def test_sns_topics_can_be_restricted(make_app, server):
-    s = school(make_app, "ivs", aws_region="us-east-1",
+    s = school(make_app, "ivs", aws_region="us-east-1", aws_endpoint_url=NOWHERE,
                streaming={"sns_cert_url_pattern": LOCAL_PATTERN,
                           "sns_topic_arns": "arn:aws:sns:us-east-1:123456789012:only-this"})
     signer = SNSSigner(server)
@@ -423,7 +428,7 @@ def test_the_channel_ivs_gets_is_private_and_low_latency(make_app, caplog):
     from moto import mock_aws
 
     with mock_aws():
-        s = _school(make_app, ivs_recording_bucket=None, ivs_channel_type="BASIC")
+        s = _school(make_app, None, ivs_recording_bucket=None, ivs_channel_type="BASIC")
         caplog.set_level(logging.DEBUG)  # after the app set the root logger's level
         pair = _imported_key_pair(s)
         body = ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
@@ -450,7 +455,7 @@ def test_channels_of_deleted_or_cancelled_sessions_are_pruned(make_app):
     from kalpla_core.cli import make_cli
 
     with mock_aws():
-        s = _school(make_app, ivs_recording_bucket=None)
+        s = _school(make_app, None, ivs_recording_bucket=None)
         _imported_key_pair(s)
         arns = {}
         for name in ("deleted", "cancelled", "kept"):
