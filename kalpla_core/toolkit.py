@@ -15,9 +15,11 @@ from kalpla_core.context import (
     kalpla,
     require_permission,
 )
-from kalpla_core.courses.models import Course
+from kalpla_core.courses.access import can_read_lesson, has_seat
+from kalpla_core.courses.models import Course, CourseInstructor, Lesson
+from kalpla_core.crypto import InvalidToken, SecretBox, derive_key
 from kalpla_core.db import Base, TimestampMixin, UTCDateTime, new_id, queue_after_commit, utcnow
-from kalpla_core.enrollment.models import Enrollment
+from kalpla_core.enrollment.models import SEATED, Enrollment
 from kalpla_core.enrollment.progress import report_lesson_completed
 from kalpla_core.enrollment.service import (
     activate_pending,
@@ -26,6 +28,7 @@ from kalpla_core.enrollment.service import (
     drop_enrollment,
     reject_pending,
 )
+from kalpla_core.enrollment.state import serialise_writes
 from kalpla_core.http.api import Blueprint
 from kalpla_core.http.etag import conditional_get, etag_of, require_if_match, set_etag
 from kalpla_core.http.pagination import Page, PageArgs, page_of, page_response, paginate
@@ -37,15 +40,58 @@ from kalpla_core.jobs import JobContext, JobError
 from kalpla_core.plugins.dispatch import any_institution
 
 __all__ = [
-    "APIError", "Base", "Blueprint", "Course", "Enrollment", "Institution", "JobContext",
-    "JobError", "Page", "PageArgs", "TimestampMixin", "UTCDateTime", "User", "abort",
+    "SEATED",
+    "APIError",
+    "Base",
+    "Blueprint",
+    "Course",
+    "CourseInstructor",
+    "Enrollment",
+    "Institution",
+    "InvalidToken",
+    "JobContext",
+    "JobError",
+    "Lesson",
+    "Page",
+    "PageArgs",
+    "SecretBox",
+    "TimestampMixin",
+    "UTCDateTime",
+    "User",
+    "abort",
     "activate_pending",
-    "any_institution", "aws_client", "complete_enrollment", "conditional_get",
-    "current_enrollment", "current_institution", "current_user", "db_session",
-    "drop_enrollment", "emit", "enqueue_job", "etag_of",
-    "idempotent", "kalpla", "new_id", "page_of", "page_response", "paginate", "plugin_settings",
-    "queue_after_commit", "reject_pending", "report_lesson_completed", "require_enabled",
-    "require_if_match", "require_permission", "set_etag", "storage", "utcnow",
+    "any_institution",
+    "aws_client",
+    "can_read_lesson",
+    "complete_enrollment",
+    "conditional_get",
+    "current_enrollment",
+    "current_institution",
+    "current_user",
+    "db_session",
+    "derive_key",
+    "drop_enrollment",
+    "emit",
+    "enqueue_job",
+    "etag_of",
+    "has_seat",
+    "idempotent",
+    "kalpla",
+    "new_id",
+    "page_of",
+    "page_response",
+    "paginate",
+    "plugin_settings",
+    "queue_after_commit",
+    "reject_pending",
+    "report_lesson_completed",
+    "require_enabled",
+    "require_if_match",
+    "require_permission",
+    "serialise_writes",
+    "set_etag",
+    "storage",
+    "utcnow",
 ]
 
 # Progress (issue 5), documented in docs/plugins.md ("Reporting completion"):
@@ -60,8 +106,14 @@ __all__ = [
 # drop_enrollment(…, reason) lets a student go, complete_enrollment(…) active → completed (the
 # progress engine calls it). ``@idempotent`` on a view honours an ``Idempotency-Key`` header.
 # ``current_enrollment(session, course_id, user_id)`` finds a user's enrollment in a course.
-# ``Course``, ``Enrollment``, ``Institution`` and ``User`` are the core's models, for plugins
-# to read (and to point foreign keys at); they change only through the core's services.
+# ``Course``, ``CourseInstructor``, ``Lesson``, ``Enrollment`` (``SEATED``: the statuses that
+# hold a seat), ``Institution`` and ``User`` are the core's models, for plugins to read (and to
+# point foreign keys at); they change only through the core's services.
+# ``can_read_lesson(session, kalpla, user, lesson)`` is the core's access decision for a
+# lesson, ``has_seat(session, user_id, course_id)`` whether a user holds a seat;
+# ``serialise_writes(session)`` takes the write lock SQLite needs before a read-then-write
+# (a no-op on PostgreSQL, which locks rows). ``SecretBox(secret, purpose)`` encrypts secrets
+# at rest, ``derive_key(secret, purpose)`` derives a key for one purpose.
 
 
 def plugin_settings(plugin: str, institution_id: str | None = None,
@@ -102,9 +154,10 @@ def storage(name: str | None = None) -> Any:
     return _storage(kalpla(), name)
 
 
-def aws_client(service: str) -> Any:
+def aws_client(service: str, app_kalpla: Any = None) -> Any:
     """The app's boto3 client of an AWS ``service`` (``"s3"``, ``"ivs"``, ``"polly"`` …),
-    with the region, retries, timeouts and endpoint of the ``KALPLA_AWS_*`` settings."""
+    with the region, retries, timeouts and endpoint of the ``KALPLA_AWS_*`` settings.
+    ``app_kalpla`` (``app.extensions["kalpla"]``) serves callers outside an app context."""
     from kalpla_core.aws import aws_client as _aws_client
 
-    return _aws_client(kalpla(), service)
+    return _aws_client(app_kalpla if app_kalpla is not None else kalpla(), service)

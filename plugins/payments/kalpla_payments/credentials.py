@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from kalpla_core.crypto import SecretBox
+from kalpla_core.toolkit import SecretBox
 from kalpla_payments.models import Credentials
 
 

@@ -113,12 +113,11 @@ def kalpla_lesson_changed(event: LessonChanged) -> None:
     """Keep the live session of a ``live`` lesson in step with it."""
     if event.change == "deleted" or event.institution_id is None:
         return
-    from kalpla_core.institutions.service import plugin_settings
-    from kalpla_core.toolkit import kalpla
+    from kalpla_core.toolkit import kalpla, plugin_settings
     from kalpla_streaming.service import sync_lesson
 
     with kalpla().db.session() as session:
-        settings = plugin_settings(session, event.institution_id, "streaming")
+        settings = plugin_settings("streaming", event.institution_id, session=session)
         if settings is not None:
             sync_lesson(session, event.lesson_id, settings)
 

@@ -107,9 +107,9 @@ def complete(session: Session, kalpla: Any, live: LiveSession, row: Attendance, 
 
 
 def percent_for(kalpla: Any, session: Session, institution_id: str) -> int:
-    from kalpla_core.institutions.service import plugin_settings
+    from kalpla_core.toolkit import plugin_settings
 
-    settings = plugin_settings(session, institution_id, PLUGIN) or {}
+    settings = plugin_settings(PLUGIN, institution_id, session=session) or {}
     return int(settings.get("attendance_percent", DEFAULT_PERCENT))
 
 

@@ -13,7 +13,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from kalpla_core.crypto import InvalidToken, SecretBox, derive_key
+from kalpla_core.toolkit import InvalidToken, SecretBox, derive_key
 
 STREAM_KEY_PURPOSE = "kalpla_streaming.stream_key"
 PLAYBACK_KEY_PURPOSE = "kalpla_streaming.playback_private_key"

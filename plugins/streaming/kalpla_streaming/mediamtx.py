@@ -31,8 +31,7 @@ from urllib.parse import parse_qs
 
 from sqlalchemy.orm import Session
 
-from kalpla_core.identity.models import User
-from kalpla_core.toolkit import APIError
+from kalpla_core.toolkit import APIError, User
 from kalpla_streaming import service
 from kalpla_streaming.keys import STREAM_KEY_PURPOSE, read_rtmp_token, same_secret, unseal
 from kalpla_streaming.providers.rtmp import API_USER

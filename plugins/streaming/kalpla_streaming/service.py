@@ -18,12 +18,18 @@ from sqlalchemy import exists, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from kalpla_core.courses.access import can_read_lesson, has_seat
-from kalpla_core.courses.models import Course, CourseInstructor, Lesson
-from kalpla_core.enrollment.models import SEATED, Enrollment
-from kalpla_core.enrollment.state import serialise_writes
-from kalpla_core.identity.models import User
-from kalpla_core.toolkit import APIError
+from kalpla_core.toolkit import (
+    SEATED,
+    APIError,
+    Course,
+    CourseInstructor,
+    Enrollment,
+    Lesson,
+    User,
+    can_read_lesson,
+    has_seat,
+    serialise_writes,
+)
 from kalpla_streaming import attendance
 from kalpla_streaming.keys import STREAM_KEY_PURPOSE, unseal
 from kalpla_streaming.models import OPEN_STATUSES, LiveSession, ProcessedEvent

@@ -75,12 +75,12 @@ class IVSProvider:
 
     @classmethod
     def for_app(cls, app: Any) -> IVSProvider:
-        from kalpla_core.aws import aws_client
+        from kalpla_core.toolkit import aws_client
 
         kalpla = app.extensions["kalpla"]
         for name in BODY_LOGGERS:
             logging.getLogger(name).addFilter(HIDE_STREAM_KEYS)  # added once per process
-        return cls(lambda: aws_client(kalpla, "ivs"))
+        return cls(lambda: aws_client("ivs", kalpla))
 
     # --- calls ----------------------------------------------------------------------------
 
