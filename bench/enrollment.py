@@ -125,7 +125,10 @@ def _plan(outline: list[tuple[str, str]], rng: random.Random) -> Plan:
     clock = START + timedelta(minutes=rng.randrange(60 * 24))
     for lesson, kind in outline:
         if kind == "video":
-            for percent in sorted(rng.sample(range(5, 101), rng.randint(3, 5))):
+            percents = sorted(rng.sample(range(5, 95), rng.randint(2, 4)))
+            if rng.random() < 0.97:  # most watch to the end
+                percents.append(100)
+            for percent in percents:
                 clock += timedelta(seconds=VIDEO_SECONDS * percent // 400 + 1)
                 events.append((lesson, "video", {"position_seconds":
                                                  VIDEO_SECONDS * percent // 100,

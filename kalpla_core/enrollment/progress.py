@@ -24,6 +24,11 @@ adding a required lesson lowers the percent without undoing any completion, and 
 complete the course. When every required lesson is done, an active enrollment is completed
 (once), and ``kalpla_course_completed`` fires after the commit.
 
+Who records: a user who may read the lesson (:func:`access.can_read_lesson`) and holds an
+active enrollment in its course, or a completed one whose access has not run out (a student
+who finished may still do lessons added later; the enrollment stays completed). The course's
+staff previewing lessons without an enrollment record nothing.
+
 Concurrency: every write locks the enrollment row first (``SELECT … FOR UPDATE``; on SQLite the
 database write lock), then reads and writes its progress, so concurrent events of one student
 are applied one after the other and the summary always counts every committed row.
@@ -188,7 +193,6 @@ def _observe(session: Session, kalpla: Any, course: Course, lesson: Lesson, even
              occurred_at: datetime, position_seconds: int | None,
              percent: float | None) -> Observation:
     """Check the event against the lesson's kind and say what it records."""
-    core_kind = kalpla.lesson_kinds.is_core(lesson.kind)
     if event == "video":
         if lesson.kind != "video":
             raise _invalid("event", f"A {lesson.kind} lesson has no video; send 'viewed'.")
@@ -206,8 +210,7 @@ def _observe(session: Session, kalpla: Any, course: Course, lesson: Lesson, even
                            f"it is completed {how}.", "manual-completion-not-allowed")
         return Observation(occurred_at, completes="manual")
     # A view completes the kinds whose rule is "opened"; other kinds only record it.
-    return Observation(occurred_at,
-                       completes="viewed" if core_kind and lesson.kind in MANUAL_KINDS else None)
+    return Observation(occurred_at, completes="viewed" if lesson.kind in MANUAL_KINDS else None)
 
 
 def _when(enrollment: Enrollment, occurred_at: datetime | None) -> datetime:
