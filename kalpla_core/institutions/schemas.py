@@ -3,6 +3,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from kalpla_core.institutions.service import SLUG_RE
+from kalpla_core.institutions.settings import InstitutionSettingsSchema
 
 
 class InstitutionSchema(Schema):
@@ -13,12 +14,13 @@ class InstitutionSchema(Schema):
 
 
 class InstitutionDetailSchema(InstitutionSchema):
-    settings = fields.Dict(keys=fields.String(), load_default=dict)
+    settings = fields.Nested(InstitutionSettingsSchema, load_default=dict)
 
 
 class InstitutionPatchSchema(Schema):
     name = fields.String(validate=validate.Length(1, 200))
-    settings = fields.Dict(keys=fields.String())
+    # Replaces the whole settings object; send the keys to keep along with the changed ones.
+    settings = fields.Nested(InstitutionSettingsSchema)
 
 
 class EnabledPluginSchema(Schema):
