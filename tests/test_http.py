@@ -180,6 +180,14 @@ def test_openapi_is_valid_31_and_documents_problems(client):
     assert "application/problem+json" in responses
 
 
+def test_route_docstrings_are_shown_as_markdown(client):
+    spec = client.get("/api/openapi.json").json
+    texts = [op.get(part, "") for path in spec["paths"].values() for op in path.values()
+             if isinstance(op, dict) for part in ("summary", "description")]
+    assert any("`" in text for text in texts)  # literals are still marked as code
+    assert not [text for text in texts if "``" in text]
+
+
 def test_docs_ui_is_served_by_the_app(client):
     page = client.get("/api/docs")
     assert page.status_code == 200

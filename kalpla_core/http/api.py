@@ -4,6 +4,7 @@ once, so every core and plugin route gets the same errors, docs and conventions.
 from __future__ import annotations
 
 import http
+import re
 from typing import Any
 
 import flask_smorest
@@ -44,5 +45,26 @@ class Api(flask_smorest.Api):
         self.spec.components.response("DEFAULT_ERROR", response, lazy=True)
 
 
+_RST_LITERAL = re.compile(r"``(.+?)``", re.DOTALL)
+
+
+def markdown_literals(text: str) -> str:
+    """reST literals of docstrings (double backquotes) as Markdown code spans (single ones),
+    which is what OpenAPI summaries and descriptions are rendered as."""
+    return _RST_LITERAL.sub(r"`\1`", text)
+
+
 class Blueprint(flask_smorest.Blueprint):
-    """flask-smorest's Blueprint; error responses documented as problem+json by the Api."""
+    """flask-smorest's Blueprint; error responses documented as problem+json by the Api, and
+    route docstrings (written in reST, like the rest of the code) shown as Markdown."""
+
+    def _store_endpoint_docs(self, endpoint: str, obj: Any, parameters: Any, tags: Any,
+                             **options: Any) -> None:
+        super()._store_endpoint_docs(endpoint, obj, parameters, tags, **options)
+        for key, doc in self._docs[endpoint].items():
+            if key == "parameters":
+                continue
+            info = doc.get("docstring", {})
+            for part in ("summary", "description"):
+                if info.get(part):
+                    info[part] = markdown_literals(info[part])
