@@ -77,8 +77,9 @@ def _setup(kalpla: Any, modules: int, lessons: int, students: int
             "status": "published", "published_at": now, "enrollment_count": students,
             "structure_version": 1, "version": 1, "created_by": instructor,
             "created_at": now, "updated_at": now}])
-        conn.execute(insert(CourseInstructor.__table__), [{"course_id": course,
-                                                           "user_id": instructor}])
+        conn.execute(insert(CourseInstructor.__table__), [{
+            "course_id": course, "user_id": instructor, "status": "published",
+            "newest_at": now, "title": "Bench course", "enrollment_count": students}])
         outline: list[tuple[str, str]] = []
         for m in range(modules):
             module = new_id()

@@ -19,8 +19,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import (
@@ -33,6 +34,7 @@ from sqlalchemy import (
     or_,
     select,
     tuple_,
+    update,
 )
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
@@ -88,13 +90,53 @@ def course_terms(title: str, summary: str) -> list[str]:
     return search_terms(f"{title} {summary}")
 
 
-def index_course(session: Session, course: Course) -> None:
-    """Store the words of the course's title and summary (after either changed)."""
+def index_course(session: Session, course: Course, keys: Mapping[str, Any]) -> None:
+    """Store the words of the course's title and summary (after either changed), with its
+    sort keys (see :func:`sort_key_values`)."""
     session.execute(delete(CourseSearchTerm).where(CourseSearchTerm.course_id == course.id))
     terms = course_terms(course.title, course.summary)
     if terms:
         session.execute(insert(CourseSearchTerm),
-                        [{"course_id": course.id, "term": t} for t in terms])
+                        [{"course_id": course.id, "term": t, **keys} for t in terms])
+
+
+# --- sort keys beside tags, instructors and words -------------------------------------------
+
+# The tables whose rows carry copies of their course's sort keys (models.CatalogSortKeys).
+SORTED_TABLES = (CourseTag, CourseInstructor, CourseSearchTerm)
+
+
+def _newest_at(course: Course) -> datetime:
+    if course.status == "published" and course.published_at is not None:
+        return course.published_at
+    return course.created_at
+
+
+def sort_key_values(course: Course, enrollment_count: int) -> dict[str, Any]:
+    """What a new tag, instructor or word row of the (flushed) course carries. The count is
+    the enrollment service's: the caller reads it under the course lock enrollment writers
+    take, so that it cannot change before the row is committed."""
+    return {"status": course.status, "newest_at": _newest_at(course), "title": course.title,
+            "enrollment_count": enrollment_count}
+
+
+def sync_sort_keys(session: Session, course: Course) -> None:
+    """Copy the course's status, "newest" time and title to its rows of the sorted tables
+    (after any of them changed). The enrollment count has its own writer:
+    :func:`sync_enrollment_count`."""
+    values = {"status": course.status, "newest_at": _newest_at(course), "title": course.title}
+    for table in SORTED_TABLES:
+        session.execute(update(table).where(table.course_id == course.id).values(values)
+                        .execution_options(synchronize_session=False))
+
+
+def sync_enrollment_count(session: Session, course_id: str, count: int) -> None:
+    """Copy a new enrollment count to the course's rows of the sorted tables (in the
+    transaction, under the course lock, that changed it)."""
+    for table in SORTED_TABLES:
+        session.execute(update(table).where(table.course_id == course_id)
+                        .values(enrollment_count=count)
+                        .execution_options(synchronize_session=False))
 
 
 def _prefix(column: InstrumentedAttribute[str], word: str, dialect: str) -> ColumnElement[bool]:

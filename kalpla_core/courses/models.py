@@ -74,22 +74,42 @@ class Course(TimestampMixin, Base):
     __mapper_args__ = {"version_id_col": version}
 
 
-class CourseTag(Base):
+class CatalogSortKeys:
+    """Copies of the course's catalog sort keys on a table of related rows (tags, instructors,
+    search words), kept by ``courses.catalog.sync_sort_keys``: with an index (value, status,
+    sort key, course_id) per ordering, a page filtered on that table reads its rows in order,
+    whatever the size of the catalog (revision c0007)."""
+
+    status: Mapped[str] = mapped_column(String(16))
+    # The "newest" order: the publication time of a published course, else its creation.
+    newest_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    title: Mapped[str] = mapped_column(String(200))
+    enrollment_count: Mapped[int] = mapped_column(Integer)
+
+
+def _sort_indexes(table: str, column: str, **kw: Any) -> tuple[Index, ...]:
+    return tuple(Index(f"ix_{table}_{name}", column, "status", key, "course_id", **kw)
+                 for name, key in (("newest", "newest_at"), ("title", "title"),
+                                   ("popularity", "enrollment_count")))
+
+
+class CourseTag(CatalogSortKeys, Base):
     __tablename__ = "course_tags"
-    __table_args__ = (Index("ix_course_tags_tag_course", "tag", "course_id"),)
+    __table_args__ = _sort_indexes("course_tags", "tag")
 
     course_id: Mapped[str] = mapped_column(ForeignKey("courses.id", ondelete="CASCADE"),
                                            primary_key=True)
     tag: Mapped[str] = mapped_column(String(50), primary_key=True)
 
 
-class CourseInstructor(Base):
+class CourseInstructor(CatalogSortKeys, Base):
     __tablename__ = "course_instructors"
+    __table_args__ = _sort_indexes("course_instructors", "user_id")
 
     course_id: Mapped[str] = mapped_column(ForeignKey("courses.id", ondelete="CASCADE"),
                                            primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
-                                         primary_key=True, index=True)
+                                         primary_key=True)
 
 
 class CoursePrerequisite(Base):
@@ -143,18 +163,16 @@ class Lesson(TimestampMixin, Base):
     __mapper_args__ = {"version_id_col": version}
 
 
-class CourseSearchTerm(Base):
+class CourseSearchTerm(CatalogSortKeys, Base):
     """One word of a course's title or summary, folded (see ``courses.catalog.search_terms``):
     the catalog's free-text search matches query words as prefixes of these, through an index,
-    so its cost follows the number of matches rather than the size of the catalog."""
+    so its cost follows the size of a page rather than the size of the catalog."""
 
     __tablename__ = "course_search_terms"
-    __table_args__ = (
-        # text_pattern_ops lets PostgreSQL answer ``term LIKE 'abc%'`` from the index whatever
-        # the database collation; SQLite compares bytes and uses the index for a range.
-        Index("ix_course_search_terms_term", "term", "course_id",
-              postgresql_ops={"term": "text_pattern_ops"}),
-    )
+    # text_pattern_ops lets PostgreSQL answer ``term LIKE 'abc%'`` from the indexes whatever
+    # the database collation; SQLite compares bytes and uses them for a range.
+    __table_args__ = _sort_indexes("course_search_terms", "term",
+                                   postgresql_ops={"term": "text_pattern_ops"})
 
     course_id: Mapped[str] = mapped_column(ForeignKey("courses.id", ondelete="CASCADE"),
                                            primary_key=True)

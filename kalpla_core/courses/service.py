@@ -26,6 +26,7 @@ from kalpla_core.courses import catalog
 from kalpla_core.courses.models import Course, CourseInstructor, CoursePrerequisite, CourseTag
 from kalpla_core.db import utcnow
 from kalpla_core.enrollment.models import SEATED, Enrollment
+from kalpla_core.enrollment.state import serialise_writes
 from kalpla_core.http.problems import APIError
 from kalpla_core.identity.models import Membership, User
 from kalpla_core.institutions.models import Institution
@@ -245,22 +246,45 @@ def _check_prerequisites(session: Session, course: Course, required: set[str]) -
 # --- lists of a course ------------------------------------------------------------------------
 
 def _replace(session: Session, table: Any, course_id: str, column: Any,
-             current: set[str], wanted: set[str]) -> bool:
-    """Make the course's rows of ``table`` hold ``wanted``; whether anything changed."""
+             current: set[str], wanted: set[str],
+             keys: Callable[[], Mapping[str, Any]] = dict) -> bool:
+    """Make the course's rows of ``table`` hold ``wanted``; whether anything changed.
+    ``keys()`` gives the other columns of a new row (the catalog's sort keys)."""
     gone, new = current - wanted, wanted - current
     if gone:
         session.execute(delete(table).where(table.course_id == course_id, column.in_(gone)))
     if new:
-        session.execute(insert(table), [{"course_id": course_id, column.key: v} for v in new])
+        extra = keys()
+        session.execute(insert(table), [{"course_id": course_id, column.key: v, **extra}
+                                        for v in new])
     return bool(gone or new)
 
 
-def _set_tags(session: Session, course: Course, tags: list[str]) -> bool:
+def _sort_keys(session: Session, course: Course) -> Callable[[], Mapping[str, Any]]:
+    """The sort keys of the course's new tag, instructor and word rows, read once when first
+    needed: its enrollment count is read under the course lock enrollment writers take
+    (FOR NO KEY UPDATE; SQLite's write lock), so it stays right until the commit."""
+    read: dict[str, Any] = {}
+
+    def keys() -> Mapping[str, Any]:
+        if not read:
+            serialise_writes(session)
+            count = session.scalar(select(Course.enrollment_count)
+                                   .where(Course.id == course.id)
+                                   .with_for_update(key_share=True))
+            read.update(catalog.sort_key_values(course, count or 0))
+        return read
+    return keys
+
+
+def _set_tags(session: Session, course: Course, tags: list[str],
+              keys: Callable[[], Mapping[str, Any]]) -> bool:
     current = set(session.scalars(select(CourseTag.tag).where(CourseTag.course_id == course.id)))
-    return _replace(session, CourseTag, course.id, CourseTag.tag, current, set(tags))
+    return _replace(session, CourseTag, course.id, CourseTag.tag, current, set(tags), keys)
 
 
-def _set_instructors(session: Session, course: Course, user_ids: set[str]) -> bool:
+def _set_instructors(session: Session, course: Course, user_ids: set[str],
+                     keys: Callable[[], Mapping[str, Any]]) -> bool:
     if not user_ids:
         raise _invalid("instructors", "A course needs at least one instructor.")
     current = set(session.scalars(select(CourseInstructor.user_id).where(
@@ -268,7 +292,7 @@ def _set_instructors(session: Session, course: Course, user_ids: set[str]) -> bo
     # Only newcomers are checked: someone kept on may have changed roles meanwhile.
     _check_instructors(session, course.institution_id, user_ids - current)
     return _replace(session, CourseInstructor, course.id, CourseInstructor.user_id,
-                    current, user_ids)
+                    current, user_ids, keys)
 
 
 def _set_prerequisites(session: Session, course: Course, required: set[str]) -> bool:
@@ -304,12 +328,14 @@ def create_course(session: Session, caller: Caller, institution_id: str,
                     **{k: data[k] for k in SCALAR_FIELDS if k in data})
     session.add(course)
     _flush(session)
+    # Nobody else knows the new course yet: its count is its own.
+    keys = catalog.sort_key_values(course, course.enrollment_count)
     _replace(session, CourseInstructor, course.id, CourseInstructor.user_id, set(),
-             {user.id, *others})
-    _set_tags(session, course, tags)
+             {user.id, *others}, lambda: keys)
+    _set_tags(session, course, tags, lambda: keys)
     if data.get("prerequisites"):
         _set_prerequisites(session, course, set(data["prerequisites"]))
-    catalog.index_course(session, course)
+    catalog.index_course(session, course, keys)
     _flush(session)
     return course
 
@@ -329,17 +355,20 @@ def update_course(session: Session, course: Course, data: Mapping[str, Any]) -> 
     for key in SCALAR_FIELDS:
         if key in data:
             setattr(course, key, data[key])
+    keys = _sort_keys(session, course)
     lists_changed = False
     if tags is not None:
-        lists_changed |= _set_tags(session, course, tags)
+        lists_changed |= _set_tags(session, course, tags, keys)
     if "instructors" in data:
-        lists_changed |= _set_instructors(session, course, set(data["instructors"]))
+        lists_changed |= _set_instructors(session, course, set(data["instructors"]), keys)
     if "prerequisites" in data:
         lists_changed |= _set_prerequisites(session, course, set(data["prerequisites"]))
     if lists_changed:
         course.updated_at = utcnow()  # a new version, hence a new ETag
+    if course.title != words_before[0]:
+        catalog.sync_sort_keys(session, course)
     if (course.title, course.summary) != words_before:
-        catalog.index_course(session, course)
+        catalog.index_course(session, course, keys())
     _flush(session)
     return course
 
@@ -354,6 +383,7 @@ def publish_course(session: Session, kalpla: Any, course: Course) -> Course:
     now = utcnow()
     course.status, course.published_at = "published", now
     _flush(session)
+    catalog.sync_sort_keys(session, course)
     kalpla.emit(session, "kalpla_course_published", CoursePublished(
         institution_id=course.institution_id, occurred_at=now.isoformat(),
         course_id=course.id, slug=course.slug, title=course.title))
@@ -368,6 +398,7 @@ def archive_course(session: Session, kalpla: Any, course: Course) -> Course:
     now = utcnow()
     course.status, course.archived_at = "archived", now
     _flush(session)
+    catalog.sync_sort_keys(session, course)
     kalpla.emit(session, "kalpla_course_archived", CourseArchived(
         institution_id=course.institution_id, occurred_at=now.isoformat(),
         course_id=course.id))

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from kalpla_core.contract import EnrollmentCreated, EnrollmentStatusChanged
+from kalpla_core.courses import catalog
 from kalpla_core.courses.models import Course
 from kalpla_core.enrollment.models import SEATED, Enrollment
 from kalpla_core.http.problems import APIError
@@ -81,6 +82,7 @@ def sync_enrollment_count(session: Session, course: Course) -> None:
     session.execute(update(Course).where(Course.id == course.id)
                     .values(enrollment_count=count, updated_at=Course.updated_at)
                     .execution_options(synchronize_session=False))
+    catalog.sync_enrollment_count(session, course.id, count)  # the catalog's copies
     # Keep the loaded object in step without marking it changed.
     set_committed_value(course, "enrollment_count", count)
 
