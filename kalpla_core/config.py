@@ -49,6 +49,7 @@ class Settings:
     redis_url: str | None = None
     celery_broker_url: str | None = None
     celery_queue: str = "kalpla"
+    job_timeout: int = 3600
     storage: str = "local"
     s3_bucket: str | None = None
     s3_sse: str = "AES256"
@@ -239,6 +240,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
         celery_broker_url=_url(env, "KALPLA_CELERY_BROKER_URL",
                                ("redis", "rediss", "amqp", "amqps", "pyamqp")),
         celery_queue=celery_queue,
+        job_timeout=_int(env, "KALPLA_JOB_TIMEOUT", 3600),
         storage=storage,
         s3_bucket=s3_bucket,
         s3_sse=s3_sse,

@@ -36,7 +36,7 @@ from kalpla_core.http.problems import APIError, abort
 from kalpla_core.idempotency.http import idempotent
 from kalpla_core.identity.models import User
 from kalpla_core.institutions.models import Institution
-from kalpla_core.jobs import JobContext, JobError
+from kalpla_core.jobs import JobContext, JobError, JobSpec
 from kalpla_core.plugins.dispatch import any_institution
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "InvalidToken",
     "JobContext",
     "JobError",
+    "JobSpec",
     "Lesson",
     "Page",
     "PageArgs",

@@ -21,6 +21,7 @@ from kalpla_core.toolkit import (
     Blueprint,
     JobContext,
     JobError,
+    JobSpec,
     current_institution,
     current_user,
     enqueue_job,
@@ -74,7 +75,10 @@ def crash(ctx: JobContext) -> None:
 
 @hookimpl
 def kalpla_jobs() -> dict[str, Any]:
-    return {"jobtest.count": count, "jobtest.refuse": refuse, "jobtest.crash": crash}
+    return {"jobtest.count": count, "jobtest.refuse": refuse, "jobtest.crash": crash,
+            # The same count, declared retry-safe / with a one-minute timeout (test_jobs_reaper).
+            "jobtest.recount": JobSpec(count, retry_safe=True),
+            "jobtest.quick": JobSpec(count, timeout=60)}
 
 
 blp = Blueprint("jobtest", __name__, description="Job test plugin.")

@@ -571,3 +571,51 @@ def test_real_celery_worker_runs_jobs(make_app, kalpla_test_settings, tmp_path):
         stop_worker(worker)
         for key in broker.scan_iter(match=f"*{queue}*"):
             broker.delete(key)
+
+
+def test_real_celery_worker_reaps_at_start_up(make_app, kalpla_test_settings, tmp_path):
+    # Jobs a dead worker left running and a stopped web process left queued (never sent):
+    # a worker starting up fails the first and sends the second again, which it then runs.
+    broker = require_redis(BROKER_URL)
+    if kalpla_test_settings["database_url"].endswith(":memory:"):
+        pytest.skip("a worker process cannot share an in-memory database")
+    app, queue = celery_app_with(make_app, BROKER_URL)
+    kalpla = app.extensions["kalpla"]
+    long_ago = datetime.now(UTC) - timedelta(hours=2)
+    t = tag()
+    with kalpla.db.session() as s:
+        lost = Job(name="jobtest.count", params={"upto": 3}, status="running",
+                   created_at=long_ago, started_at=long_ago)
+        left = Job(name="jobtest.count", params={"upto": 4, "tag": t}, status="queued",
+                   created_at=long_ago)
+        fresh = Job(name="jobtest.count", params={"upto": 1}, status="running",
+                    started_at=datetime.now(UTC))
+        s.add_all([lost, left, fresh])
+        s.flush()
+        lost_id, left_id, fresh_id = lost.id, left.id, fresh.id
+    log = tmp_path / "worker.log"
+    worker = start_worker(kalpla_test_settings, queue, log)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ran = job_row(kalpla, left_id)
+            if ran is not None and ran.status in ("succeeded", "failed"):
+                break
+            if worker.poll() is not None:
+                pytest.fail("the worker exited:\n" + log.read_text()[-3000:])
+            time.sleep(0.2)
+        else:
+            pytest.fail("the job left queued did not run within 60 s\n"
+                        + log.read_text()[-3000:])
+        assert ran.status == "succeeded" and ran.result["total"] == 10
+        assert ran.result["pid"] not in (os.getpid(), worker.pid)
+        assert t not in jobs_support.RUNS
+        failed = job_row(kalpla, lost_id)
+        assert failed is not None
+        assert (failed.status, failed.error) == ("failed", "worker lost: no result after 3600 s")
+        untouched = job_row(kalpla, fresh_id)
+        assert untouched is not None and untouched.status == "running"
+    finally:
+        stop_worker(worker)
+        for key in broker.scan_iter(match=f"*{queue}*"):
+            broker.delete(key)

@@ -11,6 +11,7 @@ from kalpla_core.cli.db import db
 from kalpla_core.cli.demo import demo
 from kalpla_core.cli.group import AppFactory, KalplaGroup, StartupError
 from kalpla_core.cli.institutions import institutions
+from kalpla_core.cli.jobs import jobs
 from kalpla_core.cli.plugins import plugins
 from kalpla_core.cli.serve import serve
 from kalpla_core.cli.users import users
@@ -33,7 +34,8 @@ def make_cli(create_app: AppFactory | None = None) -> KalplaGroup:
         app_factory=create_app or _from_environment, name="kalpla",
         help="Kalpla: a plugin-based backend for e-learning platforms.",
         context_settings={"help_option_names": ["-h", "--help"]})
-    for command in (serve, db, plugins, institutions, users, demo, config, worker):
+    for command in (serve, db, plugins, institutions, users, demo, config, worker,
+                    jobs):
         group.add_command(command)
     click.version_option(__version__, prog_name="kalpla", message="%(prog)s %(version)s")(group)
     return group

@@ -19,6 +19,8 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
         def post_fork(_server: Any, _worker: Any) -> None:
             # Connections opened before the fork must not be shared with the children.
             app.extensions["kalpla"].db.engine.dispose(close=False)
+            # Each worker runs in-process jobs, so each sweeps for those left behind.
+            app.extensions["kalpla"].jobs.start_sweeper()
 
         self.options: dict[str, Any] = {
             "bind": bind, "workers": workers, "worker_class": "gthread", "threads": 4,

@@ -30,7 +30,12 @@ class DevServer:
                         "pip install 'kalpla[server]' to serve with gunicorn")
 
     def run(self) -> None:
-        run_simple(self.host, self.port, self.app, threaded=True)
+        jobs = self.app.extensions["kalpla"].jobs
+        jobs.start_sweeper()  # in-process jobs left behind by an earlier run
+        try:
+            run_simple(self.host, self.port, self.app, threaded=True)
+        finally:
+            jobs.shutdown()
 
 
 def default_workers() -> int:

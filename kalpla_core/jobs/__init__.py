@@ -7,6 +7,10 @@ result, error) is readable at ``/api/v1/jobs/{id}`` by its owner.
 A job function is called as ``fn(ctx, **params)``. What it returns (JSON) becomes the result;
 raising :class:`JobError` fails the job with that message for its owner; any other exception
 fails it with a generic message, and the exception is logged, never shown.
+
+A job whose worker died stays ``running`` and one queued by a process that stopped stays
+``queued``: :meth:`Jobs.reap` (see :mod:`kalpla_core.jobs.reaper`) fails or queues again the
+first once its timeout has passed and hands the second to a worker again.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
@@ -29,6 +34,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from kalpla_core.app import Kalpla
+    from kalpla_core.jobs.reaper import ReapReport, Sweeper
 
 log = logging.getLogger("kalpla.jobs")
 
@@ -64,6 +70,20 @@ class JobContext:
 JobFunction = Callable[..., Any]
 
 
+@dataclass(frozen=True)
+class JobSpec:
+    """A job function and how to treat a run whose worker is lost.
+
+    ``timeout``: seconds a run may take before its worker counts as lost (default
+    ``KALPLA_JOB_TIMEOUT``). ``retry_safe``: running the job again after a partial run does no
+    harm (it is idempotent), so a lost run is queued again once instead of failing.
+    """
+
+    fn: JobFunction
+    timeout: int | None = None
+    retry_safe: bool = False
+
+
 class Jobs:
     """The app's job registry and the service behind the job API."""
 
@@ -71,17 +91,40 @@ class Jobs:
         self.app = app
         self.kalpla = kalpla
         self.functions: dict[str, JobFunction] = {}
+        self.specs: dict[str, JobSpec] = {}
         self._runner: Any = None
         self._runner_lock = threading.Lock()
+        self._sweeper: Sweeper | None = None
 
-    def register(self, plugin: str, name: str, fn: JobFunction) -> None:
+    def register(self, plugin: str, name: str, fn: JobFunction | JobSpec, *,
+                 timeout: int | None = None, retry_safe: bool = False) -> None:
+        """Register a job function, or a :class:`JobSpec` (then ``timeout`` and
+        ``retry_safe`` come from it)."""
+        spec = fn if isinstance(fn, JobSpec) else JobSpec(fn, timeout, retry_safe)
         if plugin != "core" and not name.startswith(f"{plugin}."):
             raise ValueError(f"job {name!r} of plugin {plugin!r} must be named '{plugin}.…'")
         if name in self.functions:
             raise ValueError(f"job {name!r} is registered twice")
-        if not callable(fn):
+        if not callable(spec.fn):
             raise TypeError(f"job {name!r} of plugin {plugin!r} is not callable")
-        self.functions[name] = fn
+        if spec.timeout is not None and (
+                isinstance(spec.timeout, bool) or not isinstance(spec.timeout, int)
+                or spec.timeout < 1):
+            raise ValueError(f"timeout of job {name!r} must be a whole number of seconds ≥ 1, "
+                             f"got {spec.timeout!r}")
+        self.functions[name] = spec.fn
+        self.specs[name] = spec
+
+    def timeout_of(self, name: str) -> int:
+        """Seconds a run of ``name`` may take before its worker counts as lost."""
+        spec = self.specs.get(name)
+        if spec is not None and spec.timeout is not None:
+            return spec.timeout
+        return int(self.kalpla.settings.job_timeout)
+
+    def is_retry_safe(self, name: str) -> bool:
+        spec = self.specs.get(name)
+        return spec is not None and spec.retry_safe
 
     @property
     def backend(self) -> str:
@@ -146,7 +189,8 @@ class Jobs:
             result = fn(ctx, **params)
             # A result that isn't JSON fails the job here rather than its final UPDATE.
             json.dumps(result, allow_nan=False)
-            values = {"status": "succeeded", "progress": 100, "result": result}
+            # error may tell of an earlier run whose worker was lost: this one succeeded.
+            values = {"status": "succeeded", "progress": 100, "result": result, "error": None}
         except JobError as exc:
             values = {"status": "failed", "error": str(exc) or "The job failed."}
         except Exception:
@@ -160,13 +204,38 @@ class Jobs:
             s.execute(update(Job).where(Job.id == job_id, Job.status == expected)
                       .values(finished_at=utcnow(), **values))
 
+    def reap(self, now: datetime | None = None, queued_grace: int | None = None) -> ReapReport:
+        """Fail (or queue again, once, when retry-safe) the running jobs past their timeout,
+        and hand the jobs queued longer than ``queued_grace`` seconds to the runner again."""
+        from kalpla_core.jobs.reaper import QUEUED_GRACE, reap
+
+        return reap(self, now, QUEUED_GRACE if queued_grace is None else queued_grace)
+
+    def start_sweeper(self, interval: float | None = None) -> bool:
+        """With the in-process runner, reap now and then every ``interval`` seconds (default
+        5 minutes) in a background thread until :meth:`shutdown`; call it in each serving
+        process. False (and nothing started) with Celery, whose workers reap at start-up."""
+        from kalpla_core.jobs.reaper import SWEEP_INTERVAL, Sweeper
+
+        if self.backend != "inprocess":
+            return False
+        with self._runner_lock:
+            if self._sweeper is None:
+                self._sweeper = Sweeper(self, SWEEP_INTERVAL if interval is None else interval)
+                self._sweeper.start()
+        return True
+
     def wait(self, timeout: float | None = 30) -> bool:
         """Wait for jobs submitted by this process to finish (in-process runner only)."""
         return self._runner.wait(timeout) if self._runner is not None else True
 
     def shutdown(self, timeout: float | None = 30) -> bool:
-        """Let jobs running here finish (up to ``timeout``) and release the runner's threads
-        and connections; call when the app is done."""
+        """Stop the sweeper, let jobs running here finish (up to ``timeout``) and release the
+        runner's threads and connections; call when the app is done."""
+        with self._runner_lock:
+            sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.stop(timeout)
         return self._runner.shutdown(timeout) if self._runner is not None else True
 
 

@@ -6,14 +6,19 @@ same (:func:`make_worker`). Start one with ``kalpla worker`` or
 ``celery -A kalpla_core.jobs.worker worker``, which build the app from the ``KALPLA_*``
 environment; embedding code (and the tests) pass an app they built to :func:`make_worker` and
 call ``worker_main(["worker", …])`` on the result.
+
+A worker reaps once it is ready (:mod:`kalpla_core.jobs.reaper`): jobs whose worker died are
+failed (or queued again), and jobs left queued (a broker that lost them, a web process that
+stopped between commit and send) are sent again.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import setup_logging, worker_process_init, worker_ready
 
 from kalpla_core.config import ConfigError
 
@@ -21,6 +26,8 @@ if TYPE_CHECKING:
     from flask import Flask
 
 TASK_NAME = "kalpla.run_job"
+
+log = logging.getLogger("kalpla.jobs")
 
 
 def make_celery(broker_url: str, queue: str = "kalpla") -> Celery:
@@ -66,6 +73,20 @@ def make_worker(app: Flask | None = None) -> Celery:
         # Any receiver stops Celery from reconfiguring logging: the app's JSON logs stay.
         return None
 
+    def _ready(sender: Any = None, **_kwargs: Any) -> None:
+        # The signal is process-wide: react only to this worker app's consumer.
+        if getattr(sender, "app", None) is not celery:
+            return
+        try:
+            with app.app_context():
+                report = kalpla.jobs.reap()
+        except Exception:
+            log.exception("jobs could not be reaped at worker start-up")
+            return
+        log.info("reaped jobs at worker start-up: %d failed, %d queued again, %d sent again",
+                 len(report.failed), len(report.requeued), len(report.dispatched))
+
     worker_process_init.connect(_forked, weak=False)
+    worker_ready.connect(_ready, weak=False)
     setup_logging.connect(_keep_logging, weak=False)
     return celery

@@ -1,0 +1,138 @@
+"""Jobs that outlive their worker.
+
+A worker that dies mid-run leaves its job ``running``; a process that stops (restart, deploy)
+with jobs still waiting in its in-process pool leaves them ``queued``. :func:`reap` settles
+both, and is safe to run from several processes at once:
+
+- a running job whose ``started_at`` is older than its timeout (``JobSpec.timeout``, else
+  ``KALPLA_JOB_TIMEOUT``) is failed with ``worker lost: no result after N s``, or, when it is
+  retry-safe and was not queued again before, queued again once. Each change is an UPDATE
+  guarded by ``status = 'running' AND started_at < cutoff``, so of two reapers only one acts,
+  and a job claimed again meanwhile (a new ``started_at``) is left alone;
+- a job queued longer than a grace period is handed to the runner again. No guard is needed:
+  a job runs only once its worker has claimed it atomically, so a job dispatched twice (by
+  two sweeps, or by its first process and a sweep) still runs once.
+
+It runs in a :class:`Sweeper` thread of each serving process with the in-process runner, at
+the start-up of Celery workers, and from ``kalpla jobs reap`` (cron).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select, update
+
+from kalpla_core.db import utcnow
+from kalpla_core.jobs.models import Job
+
+if TYPE_CHECKING:
+    from kalpla_core.jobs import Jobs
+
+log = logging.getLogger("kalpla.jobs")
+
+QUEUED_GRACE = 300  # seconds a job may wait in a queue before it is handed over again
+SWEEP_INTERVAL = 300  # seconds between the sweeps of a serving process
+QUEUED_BATCH = 500  # queued jobs handed over per sweep, oldest first
+
+
+def lost_message(timeout: int) -> str:
+    return f"worker lost: no result after {timeout} s"
+
+
+@dataclass
+class ReapReport:
+    """Ids of the jobs one :func:`reap` failed, queued again, and handed to the runner."""
+
+    failed: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+    dispatched: list[str] = field(default_factory=list)
+
+
+def reap(jobs: Jobs, now: datetime | None = None, queued_grace: int = QUEUED_GRACE) -> ReapReport:
+    now = now or utcnow()
+    report = ReapReport()
+    _settle_lost_runs(jobs, now, report)
+    with jobs.kalpla.db.session() as s:
+        left = s.scalars(select(Job.id)
+                         .where(Job.status == "queued",
+                                Job.created_at < now - timedelta(seconds=queued_grace))
+                         .order_by(Job.created_at, Job.id).limit(QUEUED_BATCH)).all()
+    for job_id in [*report.requeued, *(i for i in left if i not in report.requeued)]:
+        try:
+            jobs.runner.submit(job_id)
+        except Exception:
+            # Unlike a new job's, a failed hand-over leaves the job queued for the next sweep:
+            # the runner that first took it may still run it.
+            log.exception("queued job could not be handed to a worker", extra={"job_id": job_id})
+            break
+        report.dispatched.append(job_id)
+    return report
+
+
+def _settle_lost_runs(jobs: Jobs, now: datetime, report: ReapReport) -> None:
+    # Jobs unknown to this process get the default timeout.
+    shortest = min([jobs.timeout_of(name) for name in jobs.specs]
+                   + [jobs.kalpla.settings.job_timeout])
+    with jobs.kalpla.db.session() as s:
+        rows = s.execute(select(Job.id, Job.name, Job.error)
+                         .where(Job.status == "running",
+                                Job.started_at < now - timedelta(seconds=shortest))
+                         .order_by(Job.started_at)).all()
+        for job_id, name, error in rows:
+            timeout = jobs.timeout_of(name)
+            stale = (Job.id == job_id, Job.status == "running",
+                     Job.started_at < now - timedelta(seconds=timeout))
+            message = lost_message(timeout)
+            # A running job carries an error only after it was queued again: once is enough.
+            if jobs.is_retry_safe(name) and error is None and s.execute(
+                    update(Job).where(*stale, Job.error.is_(None)).values(
+                        status="queued", started_at=None, progress=0, progress_message="",
+                        error=f"{message}; queued again")).rowcount:
+                log.warning("job queued again: %s", message,
+                            extra={"job_id": job_id, "job": name})
+                report.requeued.append(job_id)
+            elif s.execute(update(Job).where(*stale).values(
+                    status="failed", finished_at=now, error=message)).rowcount:
+                log.warning("job failed: %s", message, extra={"job_id": job_id, "job": name})
+                report.failed.append(job_id)
+
+
+class Sweeper:
+    """Reaps at once, then every ``interval`` seconds, in a daemon thread until stopped."""
+
+    def __init__(self, jobs: Jobs, interval: float) -> None:
+        if interval <= 0:
+            raise ValueError(f"sweep interval must be positive, got {interval!r}")
+        self.jobs = jobs
+        self.interval = interval
+        self.sweeps = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kalpla-job-sweeper",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with self.jobs.app.app_context():
+                    reap(self.jobs)
+            except Exception:
+                # The database may be down for a while: the next sweep tries again.
+                log.exception("job sweep failed")
+            self.sweeps += 1
+            self._stop.wait(self.interval)
+
+    def stop(self, timeout: float | None = 30) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
