@@ -7,6 +7,8 @@ short-lived URLs of this app signed with HMAC-SHA256.
   existing object (409), so nothing half-written is ever served.
 - ``GET /api/v1/files/local/{key}?expires=…&signature=…`` serves it, with the type and name
   recorded at upload.
+- On confirm, :meth:`LocalStorage.finalize` hard-links the checked file (the same inode that
+  was read, or nothing) to its final key, which no upload URL names.
 
 The signature covers the method, the key and every query parameter, with a key derived from
 ``KALPLA_SECRET_KEY`` for this purpose alone; it is compared in constant time, and an expired
@@ -31,17 +33,24 @@ from urllib.parse import quote, urlencode
 
 from kalpla_core.crypto import derive_key
 from kalpla_core.http.problems import APIError
-from kalpla_core.storage.port import StoredObject, UploadInstructions
+from kalpla_core.storage.port import ObjectChanged, StoredObject, UploadInstructions
 
 URL_PATH = "/api/v1/files/local/"
-# Keys are made by the service (institution id / file id); anything else, dots and extra
-# slashes included, is refused before the file system is touched, so no key leaves the root.
-KEY_RE = re.compile(r"[0-9A-Za-z_-]{1,64}/[0-9a-f]{32}")
+# Keys are made by the service (institution id / [ready /] file id); anything else, dots and
+# extra slashes included, is refused before the file system is touched, so no key leaves the
+# root.
+KEY_RE = re.compile(r"[0-9A-Za-z_-]{1,64}/(?:ready/)?[0-9a-f]{32}")
 CHUNK = 64 * 1024
 
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _file_tag(st: os.stat_result) -> str:
+    """Which file this is: its inode, and its size and time of change in case the inode
+    number was reused."""
+    return f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
 
 
 def _forbidden(detail: str, code: str) -> APIError:
@@ -111,14 +120,40 @@ class LocalStorage:
         digest = hashlib.sha256()
         try:
             with path.open("rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
+                st = os.fstat(fh.fileno())
                 for chunk in iter(lambda: fh.read(CHUNK), b""):
                     digest.update(chunk)
         except FileNotFoundError:
             return None
         meta = self.meta(key) or {}
-        return StoredObject(size=size, content_type=meta.get("content_type"),
-                            sha256=digest.hexdigest())
+        return StoredObject(size=st.st_size, content_type=meta.get("content_type"),
+                            sha256=digest.hexdigest(), etag=_file_tag(st))
+
+    def finalize(self, upload_key: str, final_key: str, expect: StoredObject) -> StoredObject:
+        source, final = self.path(upload_key), self.path(final_key)
+        meta = self.meta(upload_key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with self._temporary(final.parent) as (meta_fh, meta_path):
+            link = Path(f"{meta_path}.link")
+            try:
+                # A hard link is the very inode stat() read (uploaded files are never written
+                # again), so comparing its identity with the one checked is exact.
+                os.link(source, link)
+            except FileNotFoundError:
+                raise ObjectChanged(upload_key) from None
+            try:
+                st = os.stat(link)
+                if meta is None or _file_tag(st) != expect.etag:
+                    raise ObjectChanged(upload_key)
+                meta_fh.write(json.dumps(meta).encode())
+                meta_fh.flush()
+                # The record first: the GET route serves nothing without one.
+                os.replace(meta_path, self._meta_path(final_key))
+                os.replace(link, final)
+            finally:
+                link.unlink(missing_ok=True)
+        return StoredObject(size=st.st_size, content_type=meta.get("content_type"),
+                            sha256=expect.sha256, etag=_file_tag(st))
 
     def download_url(self, key: str, *, filename: str, content_type: str, ttl: int) -> str:
         # The name and type recorded at upload are served; the URL carries only its expiry.

@@ -7,6 +7,13 @@ provider, so files keep working after a deployment switches. Keys are made by th
 
 Clients never stream files through the API's JSON routes: they upload to, and download from,
 short-lived signed URLs the provider makes.
+
+An upload goes to an *upload key*, which the instructions cover for their whole lifetime. On
+confirm the core checks the object there (:meth:`StorageProvider.stat`), then has the provider
+copy exactly that object to a *final key* no instructions cover
+(:meth:`StorageProvider.finalize`); downloads read the final key, so the uploader cannot
+replace the checked object with the instructions still in hand. The core deletes the object
+at the upload key once the file is ready.
 """
 
 from __future__ import annotations
@@ -33,12 +40,20 @@ class UploadInstructions:
 @dataclass(frozen=True)
 class StoredObject:
     """What the provider reports about an object it holds. ``sha256`` and ``encryption`` are
-    None where the provider does not know them."""
+    None where the provider does not know them. ``etag`` names this version of the object
+    (S3's ETag; the local provider's file identity): :meth:`StorageProvider.finalize` keeps
+    the object only while it still has that tag."""
 
     size: int
     content_type: str | None
     sha256: str | None = None
     encryption: str | None = None
+    etag: str | None = None
+
+
+class ObjectChanged(Exception):
+    """The object at the upload key is no longer the one that was checked (replaced or
+    gone), so it was not kept."""
 
 
 class StorageProvider(Protocol):
@@ -57,6 +72,14 @@ class StorageProvider(Protocol):
 
     def stat(self, key: str) -> StoredObject | None:
         """The object at ``key``, or None when there is none."""
+        ...
+
+    def finalize(self, upload_key: str, final_key: str, expect: StoredObject) -> StoredObject:
+        """Copy the object at ``upload_key`` to ``final_key`` if it is still the version
+        ``expect`` (what :meth:`stat` reported, ``etag`` included) describes, atomically with
+        that check; else raise :class:`ObjectChanged` and write nothing. An object already at
+        ``final_key`` is replaced (a confirm retried after a failed commit). The object at
+        ``upload_key`` stays: the core deletes it. Returns what is now at ``final_key``."""
         ...
 
     def download_url(self, key: str, *, filename: str, content_type: str, ttl: int) -> str:

@@ -163,9 +163,12 @@ class LocalObject(MethodView):
     def put(self, _args: dict[str, Any], key: str) -> Any:
         """Upload to the ``local`` provider through the signed URL given when the upload was
         asked for, with the declared ``Content-Type``. The body is limited to the declared
-        size while it streams (413); an object is written once (409)."""
+        size while it streams (413); an object is written once (409), and only while its
+        file is pending (409 once it is confirmed or deleted)."""
         local = _local()
         params = local.verify("PUT", key, request.args.to_dict())
+        session = db_session()
+        service.check_upload_open(session, local.name, key)
         max_size = int(params["max_size"])
         if request.mimetype != params["content_type"]:
             raise APIError(415, f"Send the file with Content-Type: {params['content_type']}, "
@@ -177,4 +180,10 @@ class LocalObject(MethodView):
                           content_type=params["content_type"], filename=params["filename"])
         except RequestEntityTooLarge:
             raise too_large(max_size) from None
+        try:
+            # Confirmed (or deleted) while the body streamed: what came is not kept.
+            service.check_upload_open(session, local.name, key)
+        except APIError:
+            local.delete(key)
+            raise
         return Response(status=204)

@@ -6,6 +6,15 @@ instructions), the client sends the file straight to storage, then asks to confi
 stored object is read back and must match what was declared (size, type) and the settings
 (size limit, allowed types, encryption), else it is deleted and the file stays ``pending``.
 
+Keys: a pending file's ``storage_key`` is its upload key, ``<institution>/<file id>``, the key
+the upload instructions cover for :data:`UPLOAD_TTL`. On confirm the checked object is copied
+to ``<institution>/ready/<file id>`` (:meth:`StorageProvider.finalize`, refused if the object
+changed after the check), which becomes the ``storage_key``; the upload key's object is deleted
+after the commit. So replaying the instructions after confirm cannot change what downloads
+serve. Both keys follow from the row, so deleting or purging a file (:mod:`.purge`) deletes
+both, whatever step a confirm stopped at. (Files confirmed before final keys existed keep
+their upload key as ``storage_key``.)
+
 Who reads a ``ready`` file (its metadata and a download URL):
 - the course's staff, always (pending files too);
 - a cover: whoever sees the course (everyone once it is published);
@@ -19,6 +28,7 @@ A draft's files do not exist for anyone else (404).
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -32,14 +42,22 @@ from kalpla_core.courses import access
 from kalpla_core.courses import service as courses
 from kalpla_core.courses.models import Course, Lesson
 from kalpla_core.db import new_id, queue_after_commit, utcnow
+from kalpla_core.enrollment.state import serialise_writes
 from kalpla_core.http.pagination import Page, SortKey, paginate
 from kalpla_core.http.problems import APIError
 from kalpla_core.storage.models import StoredFile
-from kalpla_core.storage.port import StorageProvider, StoredObject, UploadInstructions
+from kalpla_core.storage.port import (
+    ObjectChanged,
+    StorageProvider,
+    StoredObject,
+    UploadInstructions,
+)
 
 if TYPE_CHECKING:
     from kalpla_core.app import Kalpla
     from kalpla_core.config import Settings
+
+log = logging.getLogger("kalpla.storage")
 
 PURPOSES = ("resource", "cover", "video", "lesson-file")
 UPLOAD_TTL = 15 * 60
@@ -55,6 +73,25 @@ def storage(kalpla: Kalpla, name: str | None = None) -> StorageProvider:
     provider: StorageProvider = kalpla.providers.get("storage", name or kalpla.settings.storage,
                                                      kalpla.app)
     return provider
+
+
+def upload_key(institution_id: str, file_id: str) -> str:
+    """The key a file's upload instructions cover."""
+    return f"{institution_id}/{file_id}"
+
+
+def final_key(institution_id: str, file_id: str) -> str:
+    """The key a confirmed file is kept at, which no upload instructions cover."""
+    return f"{institution_id}/ready/{file_id}"
+
+
+def stored_keys(file: StoredFile) -> list[str]:
+    """Every key an object of ``file`` may be at: its ``storage_key``, its upload key (a
+    leftover until deleted after confirm) and its final key (copied by a confirm whose commit
+    failed)."""
+    keys = [file.storage_key, upload_key(file.institution_id, file.id),
+            final_key(file.institution_id, file.id)]
+    return sorted(set(keys))
 
 
 def _invalid(errors: Mapping[str, list[str]]) -> APIError:
@@ -127,7 +164,7 @@ def request_upload(session: Session, kalpla: Kalpla, caller: courses.Caller,
         course_id=course.id, lesson_id=lesson_id, purpose=purpose,
         provider=kalpla.settings.storage,
         # Made here, never from the file's name: no user input reaches a path or an S3 key.
-        storage_key=f"{course.institution_id}/{file_id}",
+        storage_key=upload_key(course.institution_id, file_id),
         filename=filename, content_type=content_type, size=size, status="pending")
     session.add(file)
     session.flush()
@@ -160,24 +197,64 @@ def confirm_upload(session: Session, kalpla: Kalpla, caller: courses.Caller,
                    file_id: str) -> StoredFile:
     """Check the uploaded object and make the file ``ready`` (the course's staff). A
     mismatching object is deleted (422) and the file stays pending: upload again while the
-    instructions last, or delete the file and ask anew. Confirming a ready file is a no-op."""
+    instructions last, or delete the file and ask anew. The checked object is kept at the
+    file's final key; one replaced between the check and the copy is not (409, confirm
+    again). Confirming a ready file is a no-op."""
     file = managed_file(session, caller, file_id)
     if file.status == "ready":
         return file
     provider = storage(kalpla, file.provider)
-    obj = provider.stat(file.storage_key)
+    key = file.storage_key
+    # Read without a lock: checking a large object takes a while.
+    obj = provider.stat(key)
     if obj is None:
         raise APIError(422, "Nothing has been uploaded for this file yet.", "upload-missing")
     errors = object_errors(kalpla.settings, file, obj, provider.required_encryption)
     if errors:
-        provider.delete(file.storage_key)
+        provider.delete(key)
         raise APIError(422, "The uploaded object does not match its declaration and was "
                        "deleted; see errors.", "upload-rejected", errors=errors)
-    file.sha256 = obj.sha256
-    file.status = "ready"
-    file.confirmed_at = utcnow()
+    # Locked from here to the commit: a concurrent confirm waits and finds the file ready; a
+    # purge or deletion that went first leaves no row (404).
+    locked = _lock_file(session, file_id)
+    if locked is None:
+        raise _not_found(file_id)
+    if locked.status == "ready":
+        return locked
+    kept_at = final_key(locked.institution_id, locked.id)
+    try:
+        kept = provider.finalize(key, kept_at, obj)
+    except ObjectChanged:
+        raise APIError(409, "The uploaded object changed while it was being checked; "
+                       "confirm again.", "upload-changed") from None
+    locked.storage_key = kept_at
+    locked.sha256 = kept.sha256
+    locked.status = "ready"
+    locked.confirmed_at = utcnow()
     session.flush()
-    return file
+    queue_after_commit(session, lambda: provider.delete(key))
+    return locked
+
+
+def _lock_file(session: Session, file_id: str) -> StoredFile | None:
+    """The file, fresh and locked until the transaction ends (``SELECT … FOR UPDATE``; on
+    SQLite, the database write lock)."""
+    serialise_writes(session)
+    return session.scalars(select(StoredFile).where(StoredFile.id == file_id)
+                           .with_for_update()
+                           .execution_options(populate_existing=True)).one_or_none()
+
+
+def check_upload_open(session: Session, provider: str, key: str) -> None:
+    """409 unless ``key`` is the upload key of a pending file of ``provider``: a signed
+    upload URL stops working once its file is confirmed, deleted or purged."""
+    institution_id, _, file_id = key.partition("/")
+    file = session.scalars(select(StoredFile).where(StoredFile.id == file_id)
+                           .execution_options(populate_existing=True)).one_or_none()
+    if (file is None or file.status != "pending" or file.provider != provider
+            or file.storage_key != upload_key(institution_id, file_id)):
+        raise APIError(409, "This upload is closed: its file was confirmed or deleted. Ask "
+                       "for a new upload to send another file.", "upload-closed")
 
 
 # --- who reads and who manages a file ---------------------------------------------------------
@@ -295,10 +372,18 @@ def delete_file(session: Session, kalpla: Kalpla, caller: courses.Caller, file_i
     for course in session.scalars(select(Course).where(
             Course.institution_id == file.institution_id, Course.cover_file_id == file.id)):
         course.cover_file_id = None
-    provider, key = storage(kalpla, file.provider), file.storage_key
+    provider, keys = storage(kalpla, file.provider), stored_keys(file)
     session.delete(file)
     session.flush()
-    queue_after_commit(session, lambda: provider.delete(key))
+    queue_after_commit(session, lambda: _delete_all(provider, keys))
+
+
+def _delete_all(provider: StorageProvider, keys: list[str]) -> None:
+    for key in keys:
+        try:
+            provider.delete(key)
+        except Exception:  # the next keys still go; the leftover is only storage
+            log.exception("stored object could not be deleted", extra={"key": key})
 
 
 def resources_page(session: Session, caller: courses.Caller, course_id: str, limit: int,

@@ -103,6 +103,9 @@ def test_ask_upload_confirm_download_delete(app, client, factories):
     ready = ok(_confirm(client, w, asked["id"]))
     assert ready["status"] == "ready" and ready["confirmed_at"]
     assert ready["sha256"] == hashlib.sha256(PDF).hexdigest()
+    # Kept at its final key, which no upload link names; the upload key is emptied.
+    assert _stored(app) == [f"{w.school.id}/ready/{asked['id']}",
+                            f"{w.school.id}/ready/{asked['id']}.json"]
     assert ok(_confirm(client, w, asked["id"])) == ready  # confirming again changes nothing
 
     # An enrolled student downloads it through a short-lived signed URL.
@@ -121,10 +124,12 @@ def test_ask_upload_confirm_download_delete(app, client, factories):
     part = client.get(link["url"], headers={"Range": "bytes=0-7"})
     assert part.status_code == 206 and part.data == PDF[:8]
 
-    # The upload link cannot replace a stored object.
-    body = problem(_put(client, upload, b"%PDF-other"), 409)
-    assert body["type"] == "urn:kalpla:problem:already-uploaded"
-    assert (_root(app) / w.school.id / asked["id"]).read_bytes() == PDF
+    # The upload link cannot replace the confirmed file, nor leave anything behind.
+    body = problem(_put(client, upload, PDF[::-1]), 409)
+    assert body["type"] == "urn:kalpla:problem:upload-closed"
+    assert (_root(app) / w.school.id / "ready" / asked["id"]).read_bytes() == PDF
+    assert len(_stored(app)) == 2
+    assert client.get(link["url"]).data == PDF
 
     assert client.delete(f"/api/v1/files/{asked['id']}",
                          headers=w.auth(w.instructor)).status_code == 204
@@ -150,7 +155,7 @@ def test_altered_or_expired_links_are_refused(app, client, factories):
         "later expiry": _with_query(url, expires=str(int(time.time()) + 86400)),
         "extra parameter": _with_query(url, download="1"),
         "another key": url.replace(ready["id"], other["id"]),
-        "path traversal": url.replace(f"{w.school.id}/{ready['id']}",
+        "path traversal": url.replace(f"{w.school.id}/ready/{ready['id']}",
                                       f"{w.school.id}/../secret_key"),
     }
     for name, bad in altered.items():
@@ -166,7 +171,7 @@ def test_altered_or_expired_links_are_refused(app, client, factories):
 
     # Correctly signed but past its expiry.
     local = _local(app)
-    key = f"{w.school.id}/{ready['id']}"
+    key = f"{w.school.id}/ready/{ready['id']}"
     expired = local.signed_url("GET", key, int(time.time()) - 1)
     assert problem(client.get(expired), 403)["type"] == "urn:kalpla:problem:link-expired"
 

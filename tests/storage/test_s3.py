@@ -128,6 +128,13 @@ def test_presigned_post_upload_confirm_download_delete(app, client, factories, s
 
     ready = ok(_confirm(client, w, asked["id"]))
     assert ready["status"] == "ready" and ready["sha256"] is None
+    # Copied to its final key, which the upload policy does not cover, encrypted alike;
+    # the upload key is emptied.
+    final = f"{w.school.id}/ready/{asked['id']}"
+    assert _head(s3, key) is None
+    head = _head(s3, final)
+    assert head is not None and head["ServerSideEncryption"] == "AES256"
+    assert head["ContentType"] == "video/mp4" and head["ContentLength"] == len(VIDEO)
 
     # A student of the course may not download a video no lesson uses; its staff may.
     problem(client.get(f"/api/v1/files/{asked['id']}/download", headers=w.auth(w.enrolled)),
@@ -137,7 +144,7 @@ def test_presigned_post_upload_confirm_download_delete(app, client, factories, s
     assert link["expires_in"] == 3600  # video plays for a while
     parts = urlsplit(link["url"])
     query = parse_qs(parts.query)
-    assert parts.path.endswith(f"/{key}")
+    assert parts.path.endswith(f"/{final}")
     assert query["X-Amz-Expires"] == ["3600"] and query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
     assert query["response-content-type"] == ["video/mp4"]
     assert query["response-content-disposition"][0].startswith('inline; filename="Week 1.mp4"')
@@ -146,7 +153,8 @@ def test_presigned_post_upload_confirm_download_delete(app, client, factories, s
 
     assert client.delete(f"/api/v1/files/{asked['id']}",
                          headers=w.auth(w.instructor)).status_code == 204
-    assert _head(s3, key) is None  # removed once the deletion committed
+    assert _head(s3, final) is None  # removed once the deletion committed
+    assert s3.list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
 
 
 def test_a_too_large_upload_is_refused(app, client, factories, s3):
@@ -207,8 +215,9 @@ def test_kms_encryption_with_a_key_of_our_choice(make_app, s3):
     assert {"x-amz-server-side-encryption-aws-kms-key-id": key_id} in conditions
     assert _post(asked["upload"], VIDEO).status_code == 204
     assert ok(_confirm(client, w, asked["id"]))["status"] == "ready"
-    head = _head(s3, f"{w.school.id}/{asked['id']}")
+    head = _head(s3, f"{w.school.id}/ready/{asked['id']}")  # the copy is encrypted alike
     assert head is not None and head["ServerSideEncryption"] == "aws:kms"
+    assert head["SSEKMSKeyId"] == key_id
 
 
 def test_nothing_uploaded_is_reported(app, client, factories):
