@@ -8,7 +8,9 @@ role); none are read from Kalpla's settings.
 
 from __future__ import annotations
 
+import json
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -19,8 +21,11 @@ _CACHE = "kalpla_aws_clients"
 _lock = threading.Lock()
 
 
-def client_config(settings: Settings, service: str) -> Any:
-    """The botocore ``Config`` of a client of ``service``."""
+def client_config(settings: Settings, service: str,
+                  overrides: Mapping[str, Any] | None = None) -> Any:
+    """The botocore ``Config`` of a client of ``service``; ``overrides`` (``Config``
+    keyword arguments) replace the defaults they name, e.g. a caller that owns its retries
+    passes ``{"retries": {"mode": "standard", "total_max_attempts": 5}}``."""
     from botocore.config import Config
 
     options: dict[str, Any] = {
@@ -35,25 +40,29 @@ def client_config(settings: Settings, service: str) -> Any:
         options["signature_version"] = "s3v4"
         if settings.aws_endpoint_url:
             options["s3"] = {"addressing_style": "path"}
+    options.update(overrides or {})
     return Config(**options)
 
 
-def new_client(settings: Settings, service: str) -> Any:
-    """A new boto3 client of ``service`` configured from ``settings``."""
+def new_client(settings: Settings, service: str,
+               overrides: Mapping[str, Any] | None = None) -> Any:
+    """A new boto3 client of ``service`` configured from ``settings`` (and ``overrides``)."""
     import boto3
 
     return boto3.session.Session().client(
         service, region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url,
-        config=client_config(settings, service))
+        config=client_config(settings, service, overrides))
 
 
-def aws_client(kalpla: Kalpla, service: str) -> Any:
-    """The app's client of ``service``, built once per app (boto3 clients are thread-safe)."""
-    clients: dict[str, Any] = kalpla.app.extensions.setdefault(_CACHE, {})
-    client = clients.get(service)
+def aws_client(kalpla: Kalpla, service: str, config: Mapping[str, Any] | None = None) -> Any:
+    """The app's client of ``service`` with ``config`` overrides, built once per app and
+    distinct overrides (boto3 clients are thread-safe)."""
+    clients: dict[tuple[str, str], Any] = kalpla.app.extensions.setdefault(_CACHE, {})
+    key = (service, json.dumps(dict(config or {}), sort_keys=True, default=repr))
+    client = clients.get(key)
     if client is None:
         with _lock:
-            client = clients.get(service)
+            client = clients.get(key)
             if client is None:
-                client = clients[service] = new_client(kalpla.settings, service)
+                client = clients[key] = new_client(kalpla.settings, service, config)
     return client

@@ -6,6 +6,7 @@ names are kept stable within a contract major version (see docs/plugins.md).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from kalpla_core.context import (
@@ -155,10 +156,14 @@ def storage(name: str | None = None) -> Any:
     return _storage(kalpla(), name)
 
 
-def aws_client(service: str, app_kalpla: Any = None) -> Any:
+def aws_client(service: str, app_kalpla: Any = None,
+               config: Mapping[str, Any] | None = None) -> Any:
     """The app's boto3 client of an AWS ``service`` (``"s3"``, ``"ivs"``, ``"polly"`` …),
     with the region, retries, timeouts and endpoint of the ``KALPLA_AWS_*`` settings.
-    ``app_kalpla`` (``app.extensions["kalpla"]``) serves callers outside an app context."""
+    ``app_kalpla`` (``app.extensions["kalpla"]``) serves callers outside an app context;
+    ``config`` (botocore ``Config`` keyword arguments) overrides the defaults it names, e.g.
+    ``{"retries": {"mode": "standard", "total_max_attempts": 5}}``: one client per distinct
+    override, shared by its callers."""
     from kalpla_core.aws import aws_client as _aws_client
 
-    return _aws_client(app_kalpla if app_kalpla is not None else kalpla(), service)
+    return _aws_client(app_kalpla if app_kalpla is not None else kalpla(), service, config)

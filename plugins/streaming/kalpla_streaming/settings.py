@@ -70,8 +70,8 @@ class DeploymentConfig:
     eventbridge_secret: str | None = None
     sns_cert_url_pattern: str = DEFAULT_SNS_CERT_URL
     sns_topic_arns: tuple[str, ...] = ()
+    # Tries of an IVS call in all (botocore's standard retries, the only ones).
     aws_attempts: int = 3
-    aws_backoff: float = 0.2
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None,
@@ -79,7 +79,7 @@ class DeploymentConfig:
         env = os.environ if environ is None else environ
         raw: dict[str, Any] = {}
         for name in ("hook_secret", "eventbridge_secret", "sns_cert_url_pattern",
-                     "sns_topic_arns", "aws_attempts", "aws_backoff"):
+                     "sns_topic_arns", "aws_attempts"):
             value = env.get(f"KALPLA_STREAMING_{name.upper()}")
             if value:
                 raw[name] = value
@@ -88,7 +88,6 @@ class DeploymentConfig:
             raw["sns_topic_arns"] = tuple(a.strip() for a in raw["sns_topic_arns"].split(",")
                                           if a.strip())
         config = cls(**{**raw, "aws_attempts": int(raw.get("aws_attempts", 3)),
-                        "aws_backoff": float(raw.get("aws_backoff", 0.2)),
                         "sns_topic_arns": tuple(raw.get("sns_topic_arns", ()))})
         try:
             re.compile(config.sns_cert_url_pattern)

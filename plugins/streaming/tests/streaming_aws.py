@@ -184,3 +184,49 @@ class Capture:
         return not self.__eq__(other)
 
     __hash__ = None  # type: ignore[assignment]
+
+
+# --- IVS over botocore's own send path, for counting attempts -------------------------------------
+
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.data
+
+
+class FakeIVS:
+    """Answers a client's IVS calls from its ``before-send`` hook: nothing leaves the process,
+    yet botocore parses each answer and decides on retries as it would for AWS's, so every
+    attempt of a call is seen (and counted) here."""
+
+    def __init__(self, client: Any) -> None:
+        self.calls: list[str] = []
+        self._answers: dict[str, list[tuple[int, dict[str, Any], str | None]]] = {}
+        client.meta.events.register("before-send.ivs", self._send)
+
+    def answer(self, operation: str, body: dict[str, Any] | None = None, *, status: int = 200,
+               error: str | None = None, times: int = 1) -> None:
+        """Queue ``times`` answers to ``operation`` (``CreateChannel`` …): a body, or an error
+        code with its HTTP status."""
+        self._answers.setdefault(operation, []).extend(
+            [(status, body or {}, error)] * times)
+
+    def pending(self) -> dict[str, int]:
+        return {op: len(queue) for op, queue in self._answers.items() if queue}
+
+    def _send(self, request: Any, event_name: str, **_: Any) -> Any:
+        from botocore.awsrequest import AWSResponse
+
+        operation = event_name.rsplit(".", 1)[-1]
+        self.calls.append(operation)
+        queue = self._answers.get(operation)
+        if not queue:
+            raise AssertionError(f"unexpected IVS call {operation}")
+        status, body, error = queue.pop(0)
+        headers = {"Content-Type": "application/json"}
+        if error is not None:
+            headers["x-amzn-ErrorType"] = error
+            body = {"message": f"{error} (test)"}
+        return AWSResponse(request.url, status, headers, _Body(json.dumps(body).encode()))

@@ -97,7 +97,7 @@ def school(make_app: Any, provider: str = "rtmp", settings: dict[str, Any] | Non
     course with one enrolled student and one live lesson."""
     app = make_app(plugins=["streaming"], streaming={
         "hook_secret": HOOK_SECRET, "eventbridge_secret": EVENTBRIDGE_SECRET,
-        "aws_backoff": 0, **config.pop("streaming", {})}, **config)
+        **config.pop("streaming", {})}, **config)
     factories = Factories(app)
     plugin = {"streaming": {"provider": provider, **(settings or {})}}
     inst = factories.institution("school", plugins=plugin)

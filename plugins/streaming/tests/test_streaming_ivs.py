@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from streaming_aws import (
     LOCAL_PATTERN,
     Capture,
+    FakeIVS,
     LocalServer,
     SNSSigner,
     channel_arn,
@@ -30,7 +31,6 @@ from streaming_aws import (
 )
 from streaming_support import EVENTBRIDGE_SECRET, School, ok, problem, school
 
-from kalpla_core.aws import aws_client
 from kalpla_core.db import utcnow
 
 pytestmark = pytest.mark.plugins("streaming")
@@ -57,12 +57,13 @@ def server() -> Iterator[LocalServer]:
 NOWHERE = "http://127.0.0.1:9"
 
 
-def _school(make_app: Any, endpoint: str | None = NOWHERE, **settings: Any) -> School:
+def _school(make_app: Any, endpoint: str | None = NOWHERE,
+            streaming: dict[str, Any] | None = None, **settings: Any) -> School:
     """An institution on IVS; ``endpoint=None`` for moto, which answers AWS's own hosts."""
     return school(make_app, "ivs", {"ivs_allowed_origin": ORIGIN, "playback_token_ttl": 300,
                                     "ivs_recording_bucket": BUCKET, **settings},
                   aws_region="us-east-1", aws_endpoint_url=endpoint,
-                  streaming={"sns_cert_url_pattern": LOCAL_PATTERN})
+                  streaming={"sns_cert_url_pattern": LOCAL_PATTERN, **(streaming or {})})
 
 
 @pytest.fixture
@@ -70,9 +71,15 @@ def s(make_app: Any) -> School:
     return _school(make_app)
 
 
+def ivs_client(s: School) -> Any:
+    """The IVS client the provider calls through (its own retry configuration)."""
+    with s.app.app_context():
+        return s.kalpla.providers.get("streaming", "ivs", s.app).client
+
+
 @pytest.fixture
 def stub(s: School) -> Iterator[Stubber]:
-    stubber = Stubber(aws_client(s.kalpla, "ivs"))
+    stubber = Stubber(ivs_client(s))
     with stubber:
         yield stubber
 
@@ -218,14 +225,13 @@ def test_rotating_and_stopping_call_ivs(s, stub, caplog):
 
 # --- failures ---------------------------------------------------------------------------------
 
-def test_throttling_is_retried_then_answered_503_and_nothing_is_left_behind(s, stub):
+def test_throttling_is_answered_503_and_nothing_is_left_behind(s, stub):
     inst = s.school.id
     stub.add_response("import_playback_key_pair", key_pair_response(), {
         "publicKeyMaterial": Capture(), "name": f"kalpla-{inst}",
         "tags": {"kalpla:institution": inst}})
     stub.add_response("create_recording_configuration", recording_response(), None)
-    for _ in range(3):
-        stub.add_client_error("create_channel", "ThrottlingException", http_status_code=429)
+    stub.add_client_error("create_channel", "ThrottlingException", http_status_code=429)
     stub.add_response("delete_recording_configuration", {},
                       {"arn": recording_response()["recordingConfiguration"]["arn"]})
     stub.add_response("delete_playback_key_pair", {}, {"arn": key_pair_response()["keyPair"]
@@ -240,9 +246,7 @@ def test_throttling_is_retried_then_answered_503_and_nothing_is_left_behind(s, s
     assert live.channel_arn is None and live.stream_key_encrypted is None
 
 
-def test_a_service_error_is_retried_and_a_refusal_answered_502_with_clean_up(s, stub):
-    arn = channel_arn()
-    inst = s.school.id
+def test_a_refusal_is_answered_502_with_clean_up(s, stub):
     stub.add_response("import_playback_key_pair", key_pair_response(), None)
     stub.add_response("create_recording_configuration", recording_response(), None)
     stub.add_client_error("create_channel", "ValidationException", http_status_code=400)
@@ -253,15 +257,70 @@ def test_a_service_error_is_retried_and_a_refusal_answered_502_with_clean_up(s, 
     stub.assert_no_pending_responses()
     assert _key_rows(s) == 0
 
-    # Next time: an internal error, retried, then the channel; the set-up is made afresh.
-    stub.add_response("import_playback_key_pair", key_pair_response(), None)
-    stub.add_response("create_recording_configuration", recording_response(), None)
-    stub.add_client_error("create_channel", "InternalServerException", http_status_code=500)
-    stub.add_response("create_channel", channel_response(arn), None)
+
+# --- retries: botocore's, and only botocore's -------------------------------------------------
+
+@pytest.fixture
+def backoffs(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """botocore's sleeps between attempts, recorded instead of slept."""
+    import types
+
+    slept: list[float] = []
+    monkeypatch.setattr("botocore.endpoint.time", types.SimpleNamespace(sleep=slept.append))
+    return slept
+
+
+def _fake_ivs(s: School) -> FakeIVS:
+    fake = FakeIVS(ivs_client(s))
+    fake.answer("ImportPlaybackKeyPair", key_pair_response())
+    fake.answer("CreateRecordingConfiguration", recording_response())
+    return fake
+
+
+@pytest.mark.parametrize("attempts", [1, 4])
+def test_a_throttled_call_is_tried_exactly_the_configured_times_then_503(make_app, backoffs,
+                                                                          attempts):
+    s = _school(make_app, streaming={"aws_attempts": attempts})
+    fake = _fake_ivs(s)
+    fake.answer("CreateChannel", status=429, error="ThrottlingException", times=attempts)
+    fake.answer("DeleteRecordingConfiguration", status=204)
+    fake.answer("DeletePlaybackKeyPair", status=204)
+    r = s.post(f"/sessions/{s.session_id}/broadcast", s.instructor)
+    assert problem(r, 503)["type"] == "urn:kalpla:problem:streaming-provider-busy"
+    assert fake.calls == ["ImportPlaybackKeyPair", "CreateRecordingConfiguration",
+                          *["CreateChannel"] * attempts,
+                          "DeleteRecordingConfiguration", "DeletePlaybackKeyPair"]
+    assert len(backoffs) == attempts - 1  # botocore backed off between its attempts
+    assert fake.pending() == {}
+    assert _key_rows(s) == 0 and s.live().channel_arn is None
+
+
+def test_a_failing_service_is_tried_the_configured_times_then_502(make_app, backoffs):
+    s = _school(make_app, streaming={"aws_attempts": 3})
+    fake = _fake_ivs(s)
+    fake.answer("CreateChannel", status=500, error="InternalServerException", times=3)
+    fake.answer("DeleteRecordingConfiguration", status=204)
+    fake.answer("DeletePlaybackKeyPair", status=204)
+    assert problem(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor), 502)["type"] \
+        == "urn:kalpla:problem:streaming-provider-error"
+    assert fake.calls.count("CreateChannel") == 3 and fake.pending() == {}
+
+    # A refusal is not retried; a passing error is, and then the set-up is made afresh.
+    fake.calls.clear()
+    fake.answer("ImportPlaybackKeyPair", key_pair_response())
+    fake.answer("CreateRecordingConfiguration", recording_response())
+    fake.answer("CreateChannel", status=400, error="ValidationException")
+    fake.answer("DeleteRecordingConfiguration", status=204)
+    fake.answer("DeletePlaybackKeyPair", status=204)
+    problem(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor), 502)
+    assert fake.calls.count("CreateChannel") == 1
+    fake.answer("ImportPlaybackKeyPair", key_pair_response())
+    fake.answer("CreateRecordingConfiguration", recording_response())
+    fake.answer("CreateChannel", status=500, error="InternalServerException")
+    fake.answer("CreateChannel", channel_response(channel_arn()))
     assert ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))["stream_key"]
-    stub.assert_no_pending_responses()
-    assert _key_rows(s) == 1 and s.live().channel_arn == arn
-    del inst
+    assert fake.pending() == {} and _key_rows(s) == 1
+    assert s.live().channel_arn == channel_arn()
 
 
 def test_a_failure_after_the_channel_was_made_deletes_it(s, stub, monkeypatch):
@@ -290,7 +349,7 @@ def test_unreachable_ivs_is_a_503(s, stub, monkeypatch):
     def down(*_: Any, **__: Any) -> Any:
         raise EndpointConnectionError(endpoint_url="https://ivs.us-east-1.amazonaws.com")
 
-    client = aws_client(s.kalpla, "ivs")
+    client = ivs_client(s)
     monkeypatch.setattr(client, "import_playback_key_pair", down)
     assert problem(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor), 503)["type"] \
         == "urn:kalpla:problem:streaming-provider-unavailable"
@@ -432,7 +491,7 @@ def test_the_channel_ivs_gets_is_private_and_low_latency(make_app, caplog):
         caplog.set_level(logging.DEBUG)  # after the app set the root logger's level
         pair = _imported_key_pair(s)
         body = ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
-        client = aws_client(s.kalpla, "ivs")
+        client = ivs_client(s)
         arn = s.live().channel_arn
         channel = client.get_channel(arn=arn)["channel"]
         assert channel["authorized"] is True and channel["latencyMode"] == "LOW"
@@ -462,7 +521,7 @@ def test_channels_of_deleted_or_cancelled_sessions_are_pruned(make_app):
             s.schedule(title=name)
             ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
             arns[name] = (s.lesson_id, s.session_id, s.live().channel_arn)
-        client = aws_client(s.kalpla, "ivs")
+        client = ivs_client(s)
         foreign = client.create_channel(name="not-kalpla")["channel"]["arn"]
 
         def lesson_headers(lesson_id: str) -> dict[str, str]:

@@ -18,11 +18,10 @@ pytestmark = pytest.mark.plugins("streaming")
 def test_deployment_settings_from_the_environment():
     config = DeploymentConfig.load(environ={
         "KALPLA_STREAMING_HOOK_SECRET": "h", "KALPLA_STREAMING_EVENTBRIDGE_SECRET": "e",
-        "KALPLA_STREAMING_SNS_TOPIC_ARNS": "arn:a, arn:b", "KALPLA_STREAMING_AWS_ATTEMPTS": "5",
-        "KALPLA_STREAMING_AWS_BACKOFF": "0.5"})
+        "KALPLA_STREAMING_SNS_TOPIC_ARNS": "arn:a, arn:b", "KALPLA_STREAMING_AWS_ATTEMPTS": "5"})
     assert (config.hook_secret, config.eventbridge_secret) == ("h", "e")
     assert config.sns_topic_arns == ("arn:a", "arn:b")
-    assert (config.aws_attempts, config.aws_backoff) == (5, 0.5)
+    assert config.aws_attempts == 5
     assert config.sns_cert_url_pattern == DEFAULT_SNS_CERT_URL
     # Overrides (create_app's "streaming" mapping) win over the environment.
     assert DeploymentConfig.load({"hook_secret": "o"},

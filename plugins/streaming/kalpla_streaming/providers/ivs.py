@@ -7,16 +7,17 @@ broadcast: ``CreateChannel`` (which also makes the stream key). Viewers get the 
 playback URL with a token signed ES384 by the institution's key, carrying the claims IVS
 checks (``aws:channel-arn``, ``aws:access-control-allow-origin``, ``aws:viewer-id``, ``exp``).
 
-Calls go through the app's one IVS client (``toolkit.aws_client("ivs")``). Throttling and
-service errors are retried with exponential back-off, then answered 503 (throttled,
-unreachable) or 502 (IVS failed or refused). When a call fails half-way through setting a
-session up, what this call created on AWS is deleted again and nothing is kept locally.
+Calls go through the app's IVS client (``toolkit.aws_client("ivs", config=…)``), whose
+botocore retries (standard mode: throttling, 5xx and connection errors, with jittered
+exponential back-off) are the only retries: ``KALPLA_STREAMING_AWS_ATTEMPTS`` attempts in
+all, first included. A call that still fails is answered 503 (throttled, unreachable) or 502
+(IVS failed or refused). When a call fails half-way through setting a session up, what this
+call created on AWS is deleted again and nothing is kept locally.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -40,8 +41,6 @@ log = logging.getLogger("kalpla_streaming.ivs")
 
 THROTTLING = frozenset({"ThrottlingException", "TooManyRequestsException", "Throttling",
                         "RequestLimitExceeded"})
-SERVICE_ERRORS = frozenset({"InternalServerException", "ServiceUnavailableException",
-                            "InternalFailure", "ServiceUnavailable"})
 CHANNEL_FIELDS = ("channel_arn", "stream_key_arn", "ingest_endpoint", "playback_url",
                   "stream_key_encrypted")
 
@@ -65,60 +64,59 @@ HIDE_STREAM_KEYS = HideStreamKeys()
 BODY_LOGGERS = ("botocore.parsers", "botocore.endpoint")
 
 
+def client_options(attempts: int) -> dict[str, Any]:
+    """botocore options of the IVS client: its standard-mode retries are the only ones, so
+    ``attempts`` is the total number of tries of a call (the first included)."""
+    return {"retries": {"mode": "standard", "total_max_attempts": attempts}}
+
+
 class IVSProvider:
     name = "ivs"
 
-    def __init__(self, client: Callable[[], Any],
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, client: Callable[[], Any]) -> None:
         self._client = client
-        self._sleep = sleep
+
+    @property
+    def client(self) -> Any:
+        return self._client()
 
     @classmethod
     def for_app(cls, app: Any) -> IVSProvider:
         from kalpla_core.toolkit import aws_client
 
         kalpla = app.extensions["kalpla"]
+        options = client_options(app.extensions["kalpla_streaming"].aws_attempts)
         for name in BODY_LOGGERS:
             logging.getLogger(name).addFilter(HIDE_STREAM_KEYS)  # added once per process
-        return cls(lambda: aws_client("ivs", kalpla))
+        return cls(lambda: aws_client("ivs", kalpla, options))
 
     # --- calls ----------------------------------------------------------------------------
 
     def _call(self, ctx: ProviderContext, operation: str, *, ignore: frozenset[str] = frozenset(),
               **params: Any) -> dict[str, Any]:
-        """One IVS call, retried on throttling and service errors; a problem when it fails
-        for good. Error codes in ``ignore`` answer an empty result."""
-        attempts = ctx.config.aws_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                return getattr(self._client(), operation)(**params)
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
-                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-                if code in ignore:
-                    return {}
-                retryable = code in THROTTLING or code in SERVICE_ERRORS or status >= 500
-                if retryable and attempt < attempts:
-                    self._sleep(ctx.config.aws_backoff * 2 ** (attempt - 1))
-                    continue
-                log.warning("IVS %s failed after %d attempt(s): %s (HTTP %s)", operation,
-                            attempt, code, status)
-                if code in THROTTLING:
-                    raise APIError(503, "The video service is busy; try again shortly.",
-                                   "streaming-provider-busy",
-                                   headers={"Retry-After": "5"}) from None
-                raise APIError(502, f"The video service could not {_verb(operation)}.",
-                               "streaming-provider-error") from None
-            except BotoCoreError as exc:  # unreachable, timed out
-                if attempt < attempts:
-                    self._sleep(ctx.config.aws_backoff * 2 ** (attempt - 1))
-                    continue
-                log.warning("IVS %s failed after %d attempt(s): %s", operation, attempt,
-                            type(exc).__name__)
-                raise APIError(503, "The video service cannot be reached; try again shortly.",
-                               "streaming-provider-unavailable",
+        """One IVS call (botocore retried it as configured); a problem when it failed for
+        good. Error codes in ``ignore`` answer an empty result."""
+        try:
+            return getattr(self._client(), operation)(**params)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            meta = exc.response.get("ResponseMetadata", {})
+            status = meta.get("HTTPStatusCode", 0)
+            if code in ignore:
+                return {}
+            log.warning("IVS %s failed after %d attempt(s): %s (HTTP %s)", operation,
+                        meta.get("RetryAttempts", 0) + 1, code, status)
+            if code in THROTTLING or status == 429:
+                raise APIError(503, "The video service is busy; try again shortly.",
+                               "streaming-provider-busy",
                                headers={"Retry-After": "5"}) from None
-        raise AssertionError("unreachable")
+            raise APIError(502, f"The video service could not {_verb(operation)}.",
+                           "streaming-provider-error") from None
+        except BotoCoreError as exc:  # unreachable, timed out (after botocore's retries)
+            log.warning("IVS %s failed: %s", operation, type(exc).__name__)
+            raise APIError(503, "The video service cannot be reached; try again shortly.",
+                           "streaming-provider-unavailable",
+                           headers={"Retry-After": "5"}) from None
 
     def _undo(self, ctx: ProviderContext, undo: list[tuple[str, dict[str, Any]]]) -> None:
         """Delete, newest first, what a failed set-up created on AWS (best effort: each
