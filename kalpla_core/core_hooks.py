@@ -74,15 +74,24 @@ def kalpla_cli_commands() -> list[Any]:
     # Identity (issue 3): kalpla mail list / show.
     from kalpla_core.mail.cli import mail
 
-    return [mail, enrollments, idempotency]
+    # Storage: kalpla files purge-pending.
+    from kalpla_core.storage.cli import files
+
+    return [mail, enrollments, idempotency, files]
 
 
 @hookimpl
 def kalpla_jobs() -> dict[str, Any]:
     # Enrollment (issue 5): bulk enrollment.
     from kalpla_core.enrollment.bulk import JOB, bulk_enroll_job
+    from kalpla_core.jobs import JobSpec
 
-    return {JOB: bulk_enroll_job}
+    # Storage: abandoned uploads, for deployments that schedule jobs rather than cron; a
+    # partial run is simply continued by the next.
+    from kalpla_core.storage import purge
+
+    return {JOB: bulk_enroll_job,
+            purge.JOB: JobSpec(purge.purge_pending_job, retry_safe=True)}
 
 
 # Enrollment (issue 5): progress summaries follow the course's lessons.
