@@ -105,7 +105,8 @@ def kalpla_user_export(session: Session, user_id: str) -> dict[str, Any]:
     subs = session.scalars(select(Subscription).where(Subscription.user_id == user_id)
                            .order_by(Subscription.id))
     return {
-        "orders": [{"id": o.id, "description": o.description, "status": o.status,
+        "orders": [{"id": o.id, "kind": o.kind, "description": o.description,
+                    "status": o.status, "subscription_id": o.subscription_id,
                     "currency": o.currency, "total": o.total, "amount_paid": o.amount_paid,
                     "amount_refunded": o.amount_refunded, "invoice_number": o.invoice_number,
                     "created_at": o.created_at.isoformat()} for o in orders],
@@ -120,5 +121,6 @@ def kalpla_user_erase(session: Session, user_id: str) -> None:
     # Orders are accounting records the institution must keep: they stay, without the buyer.
     from kalpla_payments.models import Order, Subscription
 
-    session.execute(update(Order).where(Order.user_id == user_id).values(user_id=None))
+    session.execute(update(Order).where(Order.user_id == user_id).values(
+        user_id=None, subscription_id=None))
     session.execute(delete(Subscription).where(Subscription.user_id == user_id))

@@ -105,6 +105,10 @@ def gate(session: Session, kalpla: Any, request: EnrollmentRequest,
             return Decision.allow()
     checkout = dict(order.checkout or {})
     action = {"type": "checkout", "order_id": order.id, **checkout}
+    if checkout.get("processing"):
+        return Decision.pending(f"Your payment for {course.title} is being processed; the "
+                                "enrollment starts when it clears.", action,
+                                "payment-processing")
     return Decision.pending(f"{course.title} is a paid course: complete the checkout to "
                             "enroll.", action, "payment-required")
 
@@ -158,7 +162,10 @@ def activate_covered(session: Session, kalpla: Any, sub: Subscription, now: date
 
 def revoke(session: Session, kalpla: Any, order: Order, now: datetime) -> None:
     """After a full refund: drop the course's enrollment (unless a subscription still pays
-    for it), or end the plan's subscription."""
+    for it), or end the plan's subscription. A renewal's refund gives money back and leaves
+    the subscription to the gateway (cancelling it there ends it here by its event)."""
+    if order.kind == "renewal":
+        return
     if order.course_id is not None and order.user_id is not None:
         course = session.get(Course, order.course_id)
         enrollment = current_enrollment(session, order.course_id, order.user_id)

@@ -21,6 +21,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 from kalpla_core.toolkit import Base, TimestampMixin, UTCDateTime, new_id, utcnow
 
 ORDER_STATUSES = ("pending", "paid", "partially_refunded", "refunded", "failed", "expired")
+# A purchase is bought through a checkout; a renewal is a subscription's later charge, made
+# by the gateway on its own and recorded from its event.
+ORDER_KINDS = ("purchase", "renewal")
 SUBSCRIPTION_STATUSES = ("active", "past_due", "canceled", "expired")
 
 
@@ -100,6 +103,12 @@ class Coupon(TimestampMixin, Base):
 
 
 class Order(TimestampMixin, Base):
+    """A purchase of a course or plan, or a renewal charge of a subscription (``kind``).
+
+    ``(provider, provider_ref)`` is unique: a purchase's ref is its checkout at the gateway, a
+    renewal's is the gateway's invoice or payment of that charge, so one charge is one order
+    however often its event is delivered."""
+
     __tablename__ = "payments_orders"
     __table_args__ = (
         CheckConstraint("status IN ('pending', 'paid', 'partially_refunded', 'refunded', "
@@ -143,6 +152,14 @@ class Order(TimestampMixin, Base):
     paid_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     version: Mapped[int] = mapped_column(Integer, default=1)
+    kind: Mapped[str] = mapped_column(
+        String(16), CheckConstraint("kind IN ('purchase', 'renewal')", name="kind"),
+        default="purchase", server_default="purchase")
+    # The subscription a renewal renews (a plan's purchase is named by the subscription's
+    # ``order_id`` instead). No foreign key: SQLite adds one to an existing table only by
+    # rebuilding it, which would cascade-delete the order events; erasing a subscriber
+    # clears it (see ``kalpla_user_erase``).
+    subscription_id: Mapped[str | None] = mapped_column(String(32), index=True)
 
     __mapper_args__ = {"version_id_col": version}
 

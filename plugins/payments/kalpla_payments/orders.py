@@ -21,11 +21,22 @@ from sqlalchemy.orm import Session
 
 from kalpla_core.toolkit import APIError, Course, User, new_id
 from kalpla_payments import access, credentials, events
-from kalpla_payments.models import Coupon, CoursePrice, InvoiceCounter, Order, OrderEvent, Plan
-from kalpla_payments.pricing import current_amount, totals
+from kalpla_payments.models import (
+    Coupon,
+    CoursePrice,
+    InvoiceCounter,
+    Order,
+    OrderEvent,
+    Plan,
+    Subscription,
+)
+from kalpla_payments.pricing import BASIS_POINTS, current_amount, round_half_up, totals
 from kalpla_payments.providers.base import Checkout, CheckoutRequest, ProviderError
 
 PAID_STATES = ("paid", "partially_refunded", "refunded")
+# How long an order whose checkout completed with a delayed payment method (a bank debit or
+# transfer) waits for the gateway's answer before it can expire.
+PROCESSING_DAYS = 14
 OPEN_COUPON_STATES = ("pending", "paid", "partially_refunded", "refunded")
 PORT = "payments"
 
@@ -191,6 +202,10 @@ def mark_paid(session: Session, kalpla: Any, order: Order, *, amount: int,
     or the plan's subscription starts. False when the order was paid already."""
     order = lock(session, order.id)
     if order.status in PAID_STATES:
+        # Paid on an earlier word (a renewal that implied it): now the payment is known.
+        if payment_id and not order.provider_payment_id:
+            order.provider_payment_id = payment_id
+            session.flush()
         return False
     if amount < order.total:
         raise APIError(409, f"{amount} {order.currency} was paid of {order.total}.",
@@ -211,6 +226,65 @@ def mark_paid(session: Session, kalpla: Any, order: Order, *, amount: int,
     access.fulfil(session, kalpla, order, now)
     events.order_paid(session, kalpla, order, now)
     return True
+
+
+def mark_processing(session: Session, order: Order, *, actor: str, reason: str,
+                    now: datetime) -> bool:
+    """The buyer completed the checkout with a delayed payment method: the order stays
+    pending (not paid, not yet failed) and does not expire while the gateway processes the
+    payment. False when it is not pending or was marked already."""
+    order = lock(session, order.id)
+    if order.status != "pending" or (order.checkout or {}).get("processing"):
+        return False
+    order.checkout = {**(order.checkout or {}), "processing": True}
+    until = now + timedelta(days=PROCESSING_DAYS)
+    order.expires_at = max(order.expires_at, until) if order.expires_at else until
+    record(session, order, "pending", actor, f"{reason}: the payment is processing.", now, 0,
+           "pending")
+    session.flush()
+    return True
+
+
+def record_renewal(session: Session, kalpla: Any, sub: Subscription, *, provider: str,
+                   ref: str, payment_id: str | None, amount: int, currency: str | None,
+                   tax: int | None, actor: str, reason: str, now: datetime) -> Order | None:
+    """A paid order of kind ``renewal`` for a subscription's later charge, with the next
+    invoice number, announced as paid. The charge's ``ref`` is unique per provider (as a
+    checkout's is): a second event for it inserts nothing and None is returned.
+
+    The gateway charges what the plan's checkout asked for, tax included, so the tax is the
+    gateway's when it computed one, else the part of the amount at the first order's rate."""
+    if session.scalar(select(Order.id).where(Order.provider == provider,
+                                             Order.provider_ref == ref)) is not None:
+        return None
+    first = session.get(Order, sub.order_id) if sub.order_id else None
+    plan = session.get(Plan, sub.plan_id)
+    rate = first.tax_rate_bp if first else 0
+    inclusive = first.tax_inclusive if first else False
+    if tax is None:
+        tax = amount - round_half_up(amount * BASIS_POINTS, BASIS_POINTS + rate)
+    tax = min(max(tax, 0), amount)
+    session.flush()
+    # Inserted with ON CONFLICT DO NOTHING: of two events racing for one charge, one row.
+    order_id = session.connection().execute(access.insert_ignore(session, Order).values(
+        id=new_id(), institution_id=sub.institution_id, user_id=sub.user_id,
+        plan_id=sub.plan_id, subscription_id=sub.id, kind="renewal",
+        description=f"{plan.name if plan else 'Subscription'} (renewal)"[:300],
+        status="paid", currency=(currency or (first.currency if first else None)
+                                 or (plan.currency if plan else "")).upper()[:3],
+        subtotal=amount if inclusive else amount - tax, discount=0, tax=tax, total=amount,
+        tax_rate_bp=rate, tax_inclusive=inclusive, provider=provider, provider_ref=ref,
+        provider_payment_id=payment_id, amount_paid=amount, amount_refunded=0,
+        payment_reference=payment_id or ref, paid_at=now, created_at=now, updated_at=now,
+        version=1).returning(Order.id)).scalar()
+    if order_id is None:
+        return None
+    order = lock(session, order_id)
+    order.invoice_number = _next_invoice_number(session, order.institution_id)
+    record(session, order, "paid", actor, reason, now, amount)
+    session.flush()
+    events.order_paid(session, kalpla, order, now)
+    return order
 
 
 def fail(session: Session, order: Order, *, status: str, actor: str, reason: str,

@@ -44,7 +44,7 @@ class RefundRowSchema(Schema):
 def receipt(session: Session, order: Order, institution: Institution) -> dict[str, Any]:
     buyer = session.get(User, order.user_id) if order.user_id else None
     return {
-        "order_id": order.id,
+        "order_id": order.id, "kind": order.kind, "subscription_id": order.subscription_id,
         "invoice_number": f"{institution.slug}-{order.invoice_number:06d}",
         "institution": institution.name,
         "buyer": {"id": buyer.id, "name": buyer.name, "email": buyer.email} if buyer else {},

@@ -89,6 +89,11 @@ class OrderCreateSchema(Schema):
 
 class OrderSchema(Schema):
     id = fields.String()
+    kind = fields.String(metadata={
+        "description": "purchase (bought through a checkout) or renewal (a subscription's "
+                       "later charge by the gateway)."})
+    subscription_id = fields.String(allow_none=True, metadata={
+        "description": "The subscription a renewal renews."})
     institution_id = fields.String()
     user_id = fields.String(allow_none=True)
     course_id = fields.String(allow_none=True)
@@ -151,6 +156,8 @@ class OrderEventSchema(Schema):
 
 class ReceiptSchema(Schema):
     order_id = fields.String()
+    kind = fields.String()
+    subscription_id = fields.String(allow_none=True)
     invoice_number = fields.String(metadata={"description": "<institution slug>-<number>"})
     institution = fields.String()
     buyer = fields.Dict()

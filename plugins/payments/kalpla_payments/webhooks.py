@@ -6,14 +6,16 @@ commit (the unique index on PostgreSQL, the write lock on SQLite) and find it do
 delivery that fails rolls back its claim with everything else, so the provider's retry works.
 
 Order does not matter: refunds carry the total refunded so far (applied as "at least this
-much"), a refund seen before its payment pays the order first, and a paid order is never paid
-again. No Flask here.
+much"), a refund seen before its payment pays the order first, a renewal seen before the
+subscription's first payment implies that payment, and a paid order is never paid again. A
+subscription's renewal charge becomes an order of its own, unique per gateway charge. No Flask
+here.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -81,6 +83,9 @@ def apply(session: Session, kalpla: Any, institution_id: str, provider: str,
         return
     if event.kind == "ignored":
         return
+    if event.kind == "renewal":
+        _apply_renewal(session, kalpla, institution_id, provider, event, actor, now)
+        return
     order = find_order(session, institution_id, provider, event)
     if order is None:
         log.warning("payment event for no known order", extra={
@@ -93,6 +98,8 @@ def apply(session: Session, kalpla: Any, institution_id: str, provider: str,
             if sub is not None and not sub.provider_ref:
                 sub.provider_ref = event.subscription_ref
                 session.flush()
+    elif event.kind == "processing":
+        orders.mark_processing(session, order, actor=actor, reason=event.type, now=now)
     elif event.kind in ("failed", "expired"):
         orders.fail(session, order, status=event.kind, actor=actor, reason=event.type, now=now)
     elif event.kind == "refunded":
@@ -117,27 +124,44 @@ def _pay(session: Session, kalpla: Any, order: Order, amount: int, payment_id: s
     return True
 
 
-def _apply_subscription(session: Session, kalpla: Any, institution_id: str, provider: str,
-                        event: PaymentEvent, now: datetime) -> None:
+def find_subscription(session: Session, institution_id: str, provider: str,
+                      event: PaymentEvent) -> Subscription | None:
+    """The subscription an event names: by the gateway's subscription, else through the
+    plan's order that started it."""
     sub = None
     if event.subscription_ref:
         sub = session.scalar(select(Subscription).where(
             Subscription.provider == provider,
             Subscription.provider_ref == event.subscription_ref))
     if sub is None and (event.order_id or event.order_ref):
-        order = find_order(session, institution_id, provider, event)
+        # Not by payment: a renewal's payment is its own order's, not the plan's.
+        order = find_order(session, institution_id, provider, replace(event, payment_id=None))
         if order is not None:
             sub = session.scalar(select(Subscription).where(Subscription.order_id == order.id))
     if sub is None or sub.institution_id != institution_id:
+        return None
+    if event.subscription_ref and not sub.provider_ref:
+        sub.provider_ref = event.subscription_ref
+    return sub
+
+
+def _apply_subscription(session: Session, kalpla: Any, institution_id: str, provider: str,
+                        event: PaymentEvent, now: datetime) -> None:
+    sub = find_subscription(session, institution_id, provider, event)
+    if sub is None:
         log.warning("subscription event for no known subscription",
                     extra={"provider": provider, "event_id": event.event_id})
         return
-    if event.subscription_ref and not sub.provider_ref:
-        sub.provider_ref = event.subscription_ref
     if event.status == "canceled":
         access.end_subscription(session, kalpla, sub, "canceled",
                                 f"{event.type} from {provider}", now)
         return
+    _extend(session, kalpla, sub, event, now)
+
+
+def _extend(session: Session, kalpla: Any, sub: Subscription, event: PaymentEvent,
+            now: datetime) -> None:
+    """The subscription's period and status as the gateway tells them."""
     if sub.status in ("canceled", "expired"):
         return  # an ended subscription is not revived by a late update
     changed = False
@@ -151,6 +175,36 @@ def _apply_subscription(session: Session, kalpla: Any, institution_id: str, prov
     if changed:
         access.activate_covered(session, kalpla, sub, now)
         events.subscription_changed(session, kalpla, sub, now)
+
+
+def _apply_renewal(session: Session, kalpla: Any, institution_id: str, provider: str,
+                   event: PaymentEvent, actor: str, now: datetime) -> None:
+    """A later charge of a gateway subscription: an order of its own, then the period moves
+    on. A renewal that overtook the checkout's own payment implies it (the first period was
+    paid, or there would be no second): the plan's order is paid first, which starts the
+    subscription. A charge of a subscription that has ended here is still recorded (the
+    money was taken) but does not revive it."""
+    sub = find_subscription(session, institution_id, provider, event)
+    if sub is None:
+        first = find_order(session, institution_id, provider, replace(event, payment_id=None))
+        if first is None or first.plan_id is None or first.kind != "purchase":
+            log.warning("renewal for no known subscription",
+                        extra={"provider": provider, "event_id": event.event_id})
+            return
+        if first.status not in orders.PAID_STATES and not _pay(
+                session, kalpla, first, first.total, None, actor,
+                f"{event.type} (first payment implied by a renewal)", now):
+            return
+        sub = find_subscription(session, institution_id, provider, event)
+        if sub is None:
+            return
+    if event.renewal_ref:
+        orders.record_renewal(session, kalpla, sub, provider=provider, ref=event.renewal_ref,
+                              payment_id=event.payment_id, amount=event.amount,
+                              currency=event.currency, tax=event.tax, actor=actor,
+                              reason=f"{event.type}: renewal of subscription {sub.id}",
+                              now=now)
+    _extend(session, kalpla, sub, event, now)
 
 
 def reconcile(session: Session, kalpla: Any, now: datetime) -> dict[str, int]:

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-EventKind = Literal["paid", "failed", "expired", "refunded", "subscription", "ignored"]
+EventKind = Literal["paid", "processing", "failed", "expired", "refunded", "renewal",
+                    "subscription", "ignored"]
 
 
 class WebhookError(Exception):
@@ -59,10 +60,17 @@ class PaymentEvent:
     """A provider event, normalised.
 
     - ``paid``: ``amount`` was paid for the order (``payment_id`` the gateway's payment);
+    - ``processing``: the checkout was completed with a delayed payment method (a bank debit
+      or transfer): the order waits, unexpired, for the ``paid`` or ``failed`` that follows;
     - ``failed``: the payment attempt failed; ``expired``: the checkout ran out unpaid;
     - ``refunded``: ``amount`` is the *total* refunded so far for the payment (events may
       arrive late or twice; totals make them safe to apply in any order); ``paid_amount`` is
       what was paid, so a refund seen before its payment can apply both;
+    - ``renewal``: the gateway charged the subscription ``subscription_ref`` for a later
+      period (not its first): ``amount`` in ``currency`` (``tax`` of it when the gateway
+      computed the tax, else None), ``renewal_ref`` the gateway's id of that charge (invoice
+      or payment; one order per ref), ``payment_id`` what a refund names, ``period_end`` the
+      end of the period paid for; ``order_id``/``order_ref`` name the plan's first order;
     - ``subscription``: the gateway subscription ``subscription_ref`` is ``status``
       (``active``, ``past_due``, ``canceled``) until ``period_end``;
     - ``ignored``: an event type the plugin does not act on (still recorded as seen).
@@ -82,6 +90,9 @@ class PaymentEvent:
     subscription_ref: str | None = None
     status: str | None = None
     period_end: datetime | None = None
+    renewal_ref: str | None = None
+    currency: str | None = None
+    tax: int | None = None
 
 
 class PaymentProvider(Protocol):

@@ -137,16 +137,25 @@ class RazorpayProvider:
         end = sub.get("current_end")
         out = []
         payment = (payload.get("payment") or {}).get("entity") or {}
+        period_end = datetime.fromtimestamp(int(end), UTC) if end else None
         if etype == "subscription.charged" and payment.get("id"):
-            out.append(PaymentEvent(f"{event_id}:payment", etype, "paid", order_id=order_id,
-                                    order_ref=sub.get("id"), payment_id=payment["id"],
-                                    amount=int(payment.get("amount") or 0),
-                                    subscription_ref=sub.get("id")))
+            common: dict[str, Any] = {
+                "order_id": order_id, "order_ref": sub.get("id"), "payment_id": payment["id"],
+                "amount": int(payment.get("amount") or 0), "subscription_ref": sub.get("id")}
+            # The first charge pays the plan's order; each later one (``paid_count`` counts
+            # them, this one included) is a renewal with an order of its own.
+            if int(sub.get("paid_count") or 1) > 1:
+                out.append(PaymentEvent(
+                    f"{event_id}:payment", etype, "renewal", renewal_ref=payment["id"],
+                    currency=str(payment.get("currency") or "").upper() or None,
+                    period_end=period_end, **common))
+            else:
+                out.append(PaymentEvent(f"{event_id}:payment", etype, "paid", **common))
         out.append(PaymentEvent(
             f"{event_id}:state", etype, "subscription", order_id=order_id,
             order_ref=sub.get("id"), subscription_ref=sub.get("id"),
             status=SUBSCRIPTION_STATUS.get(str(sub.get("status")), "past_due"),
-            period_end=datetime.fromtimestamp(int(end), UTC) if end else None))
+            period_end=period_end))
         return out
 
     def _read(self, event_id: str, event: dict[str, Any]) -> PaymentEvent:

@@ -33,6 +33,55 @@ def _ts(value: Any) -> datetime | None:
     return datetime.fromtimestamp(int(value), UTC) if value else None
 
 
+def _invoice_payment_intent(invoice: dict[str, Any]) -> str | None:
+    """The payment intent that paid an invoice (older API versions name it on the invoice,
+    newer ones in its ``payments`` list)."""
+    if invoice.get("payment_intent"):
+        return str(invoice["payment_intent"])
+    for entry in (invoice.get("payments") or {}).get("data") or []:
+        intent = (entry.get("payment") or {}).get("payment_intent")
+        if intent and entry.get("status", "paid") == "paid":
+            return str(intent)
+    return None
+
+
+def _invoice_tax(invoice: dict[str, Any]) -> int | None:
+    """The tax Stripe computed on the invoice, or None when it computed none (Kalpla's own
+    tax is then inside the amount, as the checkout sent it)."""
+    if invoice.get("tax") is not None:
+        return int(invoice["tax"])
+    taxes = invoice.get("total_taxes")
+    return sum(int(t.get("amount") or 0) for t in taxes) if taxes else None
+
+
+def _invoice_events(eid: str, etype: str, invoice: dict[str, Any]) -> list[PaymentEvent]:
+    """``invoice.paid`` of a subscription. The first invoice (``subscription_create``) is the
+    checkout's own payment: it pays the plan's order (which the checkout's event may pay
+    too; an order is paid once). A renewal (``subscription_cycle``) is a charge of its own,
+    an order of its own. Any other invoice only moves the period on."""
+    details = (invoice.get("parent") or {}).get("subscription_details") \
+        or invoice.get("subscription_details") or {}
+    sub_ref = invoice.get("subscription") or details.get("subscription")
+    order_id = (details.get("metadata") or {}).get("order_id")
+    lines = (invoice.get("lines") or {}).get("data") or []
+    end = _ts(max((int((ln.get("period") or {}).get("end") or 0) for ln in lines), default=0))
+    amount = int(invoice.get("amount_paid") or 0)
+    reason = invoice.get("billing_reason")
+    state = {"order_id": order_id, "subscription_ref": sub_ref, "status": "active",
+             "period_end": end}
+    if reason == "subscription_cycle" and amount > 0:
+        return [PaymentEvent(eid, etype, "renewal", payment_id=_invoice_payment_intent(invoice),
+                             renewal_ref=invoice.get("id"), amount=amount,
+                             currency=str(invoice.get("currency") or "").upper() or None,
+                             tax=_invoice_tax(invoice), **state)]
+    if reason == "subscription_create" and amount > 0:
+        return [PaymentEvent(f"{eid}:payment", etype, "paid", order_id=order_id,
+                             payment_id=invoice.get("id"), amount=amount,
+                             subscription_ref=sub_ref),
+                PaymentEvent(f"{eid}:state", etype, "subscription", **state)]
+    return [PaymentEvent(eid, etype, "subscription", **state)]
+
+
 class StripeProvider:
     name = "stripe"
     credential_fields: tuple[str, ...] = ("secret_key", "webhook_secret")
@@ -87,55 +136,60 @@ class StripeProvider:
             raise WebhookError(str(exc) or "bad signature") from None
         if not isinstance(event, dict) or not event.get("id") or not event.get("type"):
             raise WebhookError("not a Stripe event")
-        return [self._read(credentials, event)]
+        return self._read(credentials, event)
 
-    def _read(self, credentials: Mapping[str, str], event: dict[str, Any]) -> PaymentEvent:
+    def _read(self, credentials: Mapping[str, str],
+              event: dict[str, Any]) -> list[PaymentEvent]:
         eid, etype = str(event["id"]), str(event["type"])
         obj: dict[str, Any] = (event.get("data") or {}).get("object") or {}
         meta = obj.get("metadata") or {}
-        if etype == "checkout.session.completed":
-            if obj.get("mode") == "subscription" and obj.get("subscription"):
-                # Paid for the first period; the subscription's own events follow.
-                return PaymentEvent(eid, etype, "paid", order_id=meta.get("order_id"),
-                                    order_ref=obj.get("id"), payment_id=obj.get("invoice"),
-                                    amount=int(obj.get("amount_total") or 0),
-                                    subscription_ref=obj.get("subscription"))
-            if obj.get("payment_status") == "paid":
-                return PaymentEvent(eid, etype, "paid", order_id=meta.get("order_id"),
-                                    order_ref=obj.get("id"),
-                                    payment_id=obj.get("payment_intent"),
-                                    amount=int(obj.get("amount_total") or 0))
-        elif etype == "checkout.session.expired":
-            return PaymentEvent(eid, etype, "expired", order_id=meta.get("order_id"),
-                                order_ref=obj.get("id"))
-        elif etype == "payment_intent.payment_failed":
-            return PaymentEvent(eid, etype, "failed", order_id=meta.get("order_id"),
-                                payment_id=obj.get("id"))
-        elif etype == "charge.refunded":
+        if etype in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
+            return [self._session_event(eid, etype, obj)]
+        if etype == "checkout.session.async_payment_failed":
+            return [PaymentEvent(eid, etype, "failed", order_id=meta.get("order_id"),
+                                 order_ref=obj.get("id"))]
+        if etype == "checkout.session.expired":
+            return [PaymentEvent(eid, etype, "expired", order_id=meta.get("order_id"),
+                                 order_ref=obj.get("id"))]
+        if etype == "payment_intent.payment_failed":
+            return [PaymentEvent(eid, etype, "failed", order_id=meta.get("order_id"),
+                                 payment_id=obj.get("id"))]
+        if etype == "charge.refunded":
             order_id = meta.get("order_id") or self._order_of_intent(
                 credentials, obj.get("payment_intent"))
-            return PaymentEvent(eid, etype, "refunded", order_id=order_id,
-                                payment_id=obj.get("payment_intent"),
-                                amount=int(obj.get("amount_refunded") or 0),
-                                paid_amount=int(obj.get("amount_captured")
-                                                or obj.get("amount") or 0))
-        elif etype == "invoice.paid":
-            lines = (obj.get("lines") or {}).get("data") or []
-            ends = [int((ln.get("period") or {}).get("end") or 0) for ln in lines]
-            sub_ref = obj.get("subscription") or (
-                ((obj.get("parent") or {}).get("subscription_details") or {})
-                .get("subscription"))
-            return PaymentEvent(eid, etype, "subscription", subscription_ref=sub_ref,
-                                status="active", period_end=_ts(max(ends, default=0)))
-        elif etype in ("customer.subscription.updated", "customer.subscription.deleted"):
+            return [PaymentEvent(eid, etype, "refunded", order_id=order_id,
+                                 payment_id=obj.get("payment_intent"),
+                                 amount=int(obj.get("amount_refunded") or 0),
+                                 paid_amount=int(obj.get("amount_captured")
+                                                 or obj.get("amount") or 0))]
+        if etype == "invoice.paid":
+            return _invoice_events(eid, etype, obj)
+        if etype in ("customer.subscription.updated", "customer.subscription.deleted"):
             items = (obj.get("items") or {}).get("data") or [{}]
             end = obj.get("current_period_end") or items[0].get("current_period_end")
             status = "canceled" if etype.endswith("deleted") else \
                 SUBSCRIPTION_STATUS.get(str(obj.get("status")), "past_due")
-            return PaymentEvent(eid, etype, "subscription", subscription_ref=obj.get("id"),
-                                order_id=meta.get("order_id"), status=status,
-                                period_end=_ts(end))
-        return PaymentEvent(eid, etype, "ignored")
+            return [PaymentEvent(eid, etype, "subscription", subscription_ref=obj.get("id"),
+                                 order_id=meta.get("order_id"), status=status,
+                                 period_end=_ts(end))]
+        return [PaymentEvent(eid, etype, "ignored")]
+
+    @staticmethod
+    def _session_event(eid: str, etype: str, obj: dict[str, Any]) -> PaymentEvent:
+        """A completed Checkout Session is paid only when its ``payment_status`` says so: with
+        a delayed method (bank debit, transfer) it completes ``unpaid`` and the outcome comes
+        later as ``checkout.session.async_payment_succeeded`` or ``…_failed``."""
+        meta = obj.get("metadata") or {}
+        common: dict[str, Any] = {"order_id": meta.get("order_id"), "order_ref": obj.get("id")}
+        if obj.get("payment_status") not in ("paid", "no_payment_required"):
+            return PaymentEvent(eid, etype, "processing", **common)
+        if obj.get("mode") == "subscription":
+            # Paid for the first period; the subscription's own events follow.
+            return PaymentEvent(eid, etype, "paid", payment_id=obj.get("invoice"),
+                                amount=int(obj.get("amount_total") or 0),
+                                subscription_ref=obj.get("subscription"), **common)
+        return PaymentEvent(eid, etype, "paid", payment_id=obj.get("payment_intent"),
+                            amount=int(obj.get("amount_total") or 0), **common)
 
     def _order_of_intent(self, credentials: Mapping[str, str],
                          intent_id: str | None) -> str | None:
@@ -151,19 +205,52 @@ class StripeProvider:
         return str(found) if found else None
 
     def poll(self, credentials: Mapping[str, str], provider_ref: str) -> list[PaymentEvent]:
+        """What a lost webhook would have said about a Checkout Session. One completed with a
+        delayed payment method stays ``unpaid`` until the bank answers; its payment (the
+        payment intent, or a subscription's first invoice) tells whether that is still
+        processing, or paid, or failed."""
         try:
-            s = self._client(credentials).v1.checkout.sessions.retrieve(provider_ref)
+            client = self._client(credentials)
+            s = client.v1.checkout.sessions.retrieve(provider_ref).to_dict()
+            complete = s.get("status") == "complete"
+            state = s.get("payment_status")
+            if complete and state not in ("paid", "no_payment_required"):
+                state = self._delayed_outcome(client, s)
         except stripe.StripeError as exc:
             raise ProviderError(str(exc)) from None
-        if s.status == "complete" and s.payment_status == "paid":
-            return [PaymentEvent(f"poll:{provider_ref}:paid", "checkout.session.poll", "paid",
-                                 order_ref=provider_ref,
-                                 payment_id=getattr(s, "payment_intent", None),
-                                 amount=int(s.amount_total or 0))]
-        if s.status == "expired":
-            return [PaymentEvent(f"poll:{provider_ref}:expired", "checkout.session.poll",
-                                 "expired", order_ref=provider_ref)]
+        source = "checkout.session.poll"
+        if complete and state in ("paid", "no_payment_required"):
+            subscription = s.get("mode") == "subscription"
+            return [PaymentEvent(f"poll:{provider_ref}:paid", source, "paid",
+                                 order_ref=provider_ref, amount=int(s.get("amount_total") or 0),
+                                 payment_id=s.get("invoice") if subscription
+                                 else s.get("payment_intent"),
+                                 subscription_ref=s.get("subscription"))]
+        if complete and state == "failed":
+            return [PaymentEvent(f"poll:{provider_ref}:failed", source, "failed",
+                                 order_ref=provider_ref)]
+        if complete:
+            return [PaymentEvent(f"poll:{provider_ref}:processing", source, "processing",
+                                 order_ref=provider_ref)]
+        if s.get("status") == "expired":
+            return [PaymentEvent(f"poll:{provider_ref}:expired", source, "expired",
+                                 order_ref=provider_ref)]
         return []
+
+    @staticmethod
+    def _delayed_outcome(client: stripe.StripeClient, session: dict[str, Any]) -> str:
+        """``paid``, ``failed`` or ``processing``: the payment behind an unpaid session."""
+        if session.get("mode") == "subscription":
+            if not session.get("invoice"):
+                return "processing"
+            status = client.v1.invoices.retrieve(str(session["invoice"])).status
+            return {"paid": "paid", "void": "failed", "uncollectible": "failed"}.get(
+                str(status), "processing")
+        if not session.get("payment_intent"):
+            return "processing"
+        status = client.v1.payment_intents.retrieve(str(session["payment_intent"])).status
+        return {"succeeded": "paid", "requires_payment_method": "failed",
+                "canceled": "failed"}.get(str(status), "processing")
 
     def refund(self, credentials: Mapping[str, str], payment_id: str, amount: int,
                reason: str) -> str:
