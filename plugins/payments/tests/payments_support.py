@@ -120,6 +120,41 @@ def school(make_app: Any, settings: dict[str, Any] | None = None, **config: Any)
                   new_app=new_app)
 
 
+def deliver_at_once(app: Any, path: str, body: bytes, headers: dict[str, str],
+                    times: int = 10) -> list[Any]:
+    """POST the same webhook ``times`` times from as many threads released together; the
+    JSON answers (every one must be a 200)."""
+    results: list[Any] = []
+    start = threading.Barrier(times)
+
+    def deliver() -> None:
+        client = app.test_client()
+        start.wait()
+        r = client.post(path, data=body, headers=headers)
+        results.append((r.status_code, r.get_data(True), r.json))
+
+    threads = [threading.Thread(target=deliver) for _ in range(times)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [(code, text) for code, text, _ in results if code != 200] == []
+    return [answer for _, _, answer in results]
+
+
+def recorded_events(kalpla: Any, monkeypatch: Any) -> list[tuple[str, Any]]:
+    """Every event the app delivers from now on, as ``(hook, event)``."""
+    seen: list[tuple[str, Any]] = []
+    deliver = kalpla.deliver
+
+    def record(hook: str, event: Any, only: Any = None) -> None:
+        seen.append((hook, event))
+        deliver(hook, event, only)
+
+    monkeypatch.setattr(kalpla, "deliver", record)
+    return seen
+
+
 # --- signing, as the providers do -----------------------------------------------------------
 
 def stripe_signature(body: bytes, secret: str, timestamp: int | None = None) -> str:

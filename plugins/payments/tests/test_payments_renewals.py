@@ -1,0 +1,291 @@
+"""Renewals of gateway subscriptions as orders of their own, over HTTP against local fake
+gateways with webhooks signed as Stripe and Razorpay sign them: the receipt, the reports, the
+subscriber's list, refunds of a renewal, concurrent and out-of-order deliveries."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from kalpla_payments.models import Order, OrderEvent
+from payments_support import (
+    RAZORPAY_KEYS,
+    STRIPE_KEYS,
+    deliver_at_once,
+    fake_server,
+    ok,
+    razorpay_hmac,
+    recorded_events,
+    school,
+    stripe_event,
+    stripe_signature,
+)
+from sqlalchemy import func, select
+
+STRIPE_HOOK = "/api/v1/payments/webhooks/stripe/school"
+RAZORPAY_HOOK = "/api/v1/payments/webhooks/razorpay/school"
+DAY = 86400
+
+
+def _stripe(s: Any, body: bytes) -> Any:
+    return ok(s.client.post(STRIPE_HOOK, data=body, headers={
+        "Stripe-Signature": stripe_signature(body, STRIPE_KEYS["webhook_secret"])}))
+
+
+def _plan_school(make_app: Any, fake: Any, provider: str, **settings: Any) -> tuple[Any, str,
+                                                                                     str]:
+    """A school selling one paid course through a monthly plan of 1000 (+ tax)."""
+    base = "PAYMENTS_STRIPE_API_BASE" if provider == "stripe" else "PAYMENTS_RAZORPAY_API_BASE"
+    s = school(make_app, {"provider": provider, **settings}, **{base: fake.url})
+    s.set_keys(provider, STRIPE_KEYS if provider == "stripe" else RAZORPAY_KEYS)
+    course = s.course("alpha", price=5000)
+    plan = ok(s.client.post("/api/v1/payments/plans", json={
+        "name": "Monthly", "amount": 1000, "currency": "INR", "period_days": 30,
+        "course_ids": [course]}, headers=s.auth(s.admin)), 201)
+    return s, course, plan["id"]
+
+
+def _buy_plan(s: Any, plan_id: str) -> dict[str, Any]:
+    return ok(s.client.post("/api/v1/payments/orders", json={"plan_id": plan_id},
+                            headers=s.auth(s.student)), 201)
+
+
+def _invoice(invoice_id: str, reason: str, amount: int, order_id: str, end: int,
+             **extra: Any) -> bytes:
+    """A paid subscription invoice as older Stripe API versions shape it."""
+    return stripe_event(f"evt_{invoice_id}", "invoice.paid", {
+        "id": invoice_id, "object": "invoice", "billing_reason": reason, "subscription": "sub_1",
+        "subscription_details": {"metadata": {"order_id": order_id}}, "amount_paid": amount,
+        "currency": "inr", "tax": None, "lines": {"data": [{"period": {"end": end}}]},
+        **extra})
+
+
+def _complete_subscription(s: Any, fake: Any, order: dict[str, Any]) -> None:
+    sid = order["checkout"]["url"].rsplit("/", 1)[1]
+    cs = fake.objects[sid]
+    cs.update(status="complete", payment_status="paid", subscription="sub_1", invoice="in_1")
+    _stripe(s, stripe_event("evt_cs", "checkout.session.completed", cs))
+
+
+def _orders(s: Any, user: Any) -> list[dict[str, Any]]:
+    """The user's orders of plans (not the course checkouts the gate started), newest
+    first."""
+    items = ok(s.client.get("/api/v1/payments/orders", headers=s.auth(user)))["items"]
+    return [o for o in items if o["plan_id"]]
+
+
+def _paid_events(s: Any, order_id: str) -> list[tuple[str | None, str]]:
+    with s.kalpla.db.session() as db:
+        return [(a, b) for a, b in db.execute(select(
+            OrderEvent.from_status, OrderEvent.to_status).where(
+            OrderEvent.order_id == order_id).order_by(OrderEvent.id))]
+
+
+def test_a_stripe_renewal_is_an_order_with_a_receipt_counted_in_the_reports(make_app,
+                                                                           monkeypatch):
+    with fake_server("stripe") as fake:
+        s, course, plan_id = _plan_school(make_app, fake, "stripe", tax_rate_bp=1800)
+        first = _buy_plan(s, plan_id)
+        assert first["kind"] == "purchase" and first["total"] == 1180
+        _complete_subscription(s, fake, first)
+        end = int(time.time()) + 30 * DAY
+        # The first invoice is the checkout's own payment: no second order for it.
+        _stripe(s, _invoice("in_1", "subscription_create", 1180, first["id"], end))
+        assert [o["id"] for o in _orders(s, s.student)] == [first["id"]]
+        assert ok(s.enroll(s.student, course), 201)["status"] == "active"
+
+        seen = recorded_events(s.kalpla, monkeypatch)
+        renewed_to = end + 30 * DAY
+        _stripe(s, _invoice("in_2", "subscription_cycle", 1180, first["id"], renewed_to,
+                            payment_intent="pi_r2"))
+        mine = _orders(s, s.student)
+        assert [o["kind"] for o in mine] == ["renewal", "purchase"]
+        renewal = mine[0]
+        (sub,) = ok(s.client.get("/api/v1/payments/subscriptions",
+                                 headers=s.auth(s.student)))["items"]
+        assert (renewal["status"], renewal["plan_id"], renewal["subscription_id"],
+                renewal["invoice_number"], renewal["currency"]) == (
+            "paid", plan_id, sub["id"], 2, "INR")
+        # Stripe computed no tax: the institution's 18 % is inside the amount charged.
+        assert (renewal["total"], renewal["amount_paid"], renewal["tax"],
+                renewal["subtotal"]) == (1180, 1180, 180, 1000)
+        assert sub["current_period_end"].startswith(
+            time.strftime("%Y-%m-%d", time.gmtime(renewed_to)))
+        assert _paid_events(s, renewal["id"]) == [(None, "paid")]
+        paid = [e for hook, e in seen if hook == "kalpla_order_paid"]
+        assert [(e.order_id, e.plan_id, e.amount, e.invoice_number) for e in paid] == [
+            (renewal["id"], plan_id, 1180, 2)]
+
+        receipt = ok(s.client.get(f"/api/v1/payments/orders/{renewal['id']}/receipt",
+                                  headers=s.auth(s.student)))
+        assert (receipt["invoice_number"], receipt["kind"], receipt["total"]) == (
+            "school-000002", "renewal", 1180)
+        (day,) = ok(s.client.get("/api/v1/payments/reports/revenue-by-day",
+                                 headers=s.auth(s.admin)))["items"]
+        assert (day["orders"], day["paid"], day["net"]) == (2, 2360, 2360)
+        assert ok(s.client.get("/api/v1/payments/orders",
+                               headers=s.auth(s.student2)))["items"] == []
+
+        # A later renewal in the newer API's shape, with a tax Stripe computed.
+        _stripe(s, stripe_event("evt_in_3", "invoice.paid", {
+            "id": "in_3", "object": "invoice", "billing_reason": "subscription_cycle",
+            "parent": {"subscription_details": {"subscription": "sub_1",
+                                                "metadata": {"order_id": first["id"]}}},
+            "payments": {"data": [{"status": "paid",
+                                   "payment": {"payment_intent": "pi_r3"}}]},
+            "amount_paid": 1180, "currency": "inr", "total_taxes": [{"amount": 100}],
+            "lines": {"data": [{"period": {"end": renewed_to + 30 * DAY}}]}}))
+        third = _orders(s, s.student)[0]
+        assert (third["invoice_number"], third["tax"], third["subtotal"]) == (3, 100, 1080)
+
+        # Stripe refunds the second renewal's charge: that order is refunded, nothing else.
+        _stripe(s, stripe_event("evt_refund", "charge.refunded", {
+            "id": "ch_r2", "object": "charge", "payment_intent": "pi_r2", "amount": 1180,
+            "amount_captured": 1180, "amount_refunded": 1180, "metadata": {}}))
+        assert s.order(renewal["id"])["status"] == "refunded"
+        assert s.order(first["id"])["status"] == "paid"
+        assert s.order(third["id"])["status"] == "paid"
+        assert s.status(course, s.student) == "active"
+        (day,) = ok(s.client.get("/api/v1/payments/reports/revenue-by-day",
+                                 headers=s.auth(s.admin)))["items"]
+        assert (day["orders"], day["paid"], day["refunded"]) == (3, 3540, 1180)
+        # An admin refunds the other renewal through Stripe.
+        ok(s.client.post(f"/api/v1/payments/orders/{third['id']}/refund",
+                         json={"reason": "goodwill", "amount": 500}, headers=s.auth(s.admin)))
+        assert [c[2]["payment_intent"] for c in fake.calls if c[1] == "/v1/refunds"] == [
+            "pi_r3"]
+
+
+def test_one_renewal_delivered_ten_times_at_once_makes_one_order(make_app):
+    with fake_server("stripe") as fake:
+        s, _, plan_id = _plan_school(make_app, fake, "stripe")
+        first = _buy_plan(s, plan_id)
+        _complete_subscription(s, fake, first)
+        body = _invoice("in_2", "subscription_cycle", 1000, first["id"],
+                        int(time.time()) + 60 * DAY)
+        answers = deliver_at_once(s.app, STRIPE_HOOK, body, {
+            "Stripe-Signature": stripe_signature(body, STRIPE_KEYS["webhook_secret"])})
+        assert sum(a["applied"] for a in answers) == 1
+        # The same charge in another event (a resend) is still the one order.
+        again = body.replace(b'"evt_in_2"', b'"evt_in_2_resent"')
+        assert ok(s.client.post(STRIPE_HOOK, data=again, headers={
+            "Stripe-Signature": stripe_signature(again, STRIPE_KEYS["webhook_secret"])}))[
+            "applied"] == 1
+        with s.kalpla.db.session() as db:
+            rows = db.execute(select(Order.kind, Order.invoice_number, Order.provider_ref)
+                              .order_by(Order.invoice_number)).all()
+            paid = db.scalar(select(func.count()).select_from(OrderEvent).where(
+                OrderEvent.to_status == "paid"))
+        assert [tuple(r) for r in rows] == [("purchase", 1, rows[0][2]),
+                                            ("renewal", 2, "in_2")]
+        assert paid == 2
+
+
+def test_a_renewal_before_the_checkout_completes_pays_the_plan_first(make_app):
+    with fake_server("stripe") as fake:
+        s, course, plan_id = _plan_school(make_app, fake, "stripe")
+        first = _buy_plan(s, plan_id)
+        assert ok(s.enroll(s.student, course), 202)["status"] == "pending"
+        end = int(time.time()) + 60 * DAY
+        _stripe(s, _invoice("in_2", "subscription_cycle", 1000, first["id"], end,
+                            payment_intent="pi_r2"))
+        # The first period was paid, or there would be no renewal: both orders are paid, in
+        # the order they were paid for, and the subscription runs to the renewal's end.
+        got = s.order(first["id"])
+        assert (got["status"], got["invoice_number"]) == ("paid", 1)
+        assert [(o["kind"], o["invoice_number"]) for o in _orders(s, s.student)] == [
+            ("renewal", 2), ("purchase", 1)]
+        assert s.status(course, s.student) == "active"
+        (sub,) = ok(s.client.get("/api/v1/payments/subscriptions",
+                                 headers=s.auth(s.student)))["items"]
+        assert sub["current_period_end"].startswith(time.strftime("%Y-%m-%d",
+                                                                  time.gmtime(end)))
+        # The checkout's own events follow late and change nothing but name the payment.
+        _complete_subscription(s, fake, first)
+        _stripe(s, _invoice("in_1", "subscription_create", 1000, first["id"], end - 30 * DAY))
+        assert len(_orders(s, s.student)) == 2
+        with s.kalpla.db.session() as db:
+            assert db.scalar(select(Order.provider_payment_id).where(
+                Order.id == first["id"])) == "in_1"
+        # Its subscription was linked to the gateway's: deleting it there ends it here.
+        _stripe(s, stripe_event("evt_del", "customer.subscription.deleted", {
+            "id": "sub_1", "status": "canceled", "metadata": {}}))
+        assert s.status(course, s.student) == "dropped"
+        # A renewal charged after that is money taken (an order) but revives nothing.
+        _stripe(s, _invoice("in_3", "subscription_cycle", 1000, first["id"], end + 30 * DAY))
+        assert [o["kind"] for o in _orders(s, s.student)] == [
+            "renewal", "renewal", "purchase"]
+        assert ok(s.client.get("/api/v1/payments/subscriptions",
+                               headers=s.auth(s.student)))["items"][0]["status"] == "canceled"
+
+
+def _razorpay(s: Any, event: dict[str, Any], event_id: str) -> Any:
+    body = json.dumps(event).encode()
+    return ok(s.client.post(RAZORPAY_HOOK, data=body, headers={
+        "X-Razorpay-Signature": razorpay_hmac(RAZORPAY_KEYS["webhook_secret"], body),
+        "X-Razorpay-Event-Id": event_id}))
+
+
+def _charged(sub_ref: str, order_id: str, payment_id: str, paid_count: int,
+             end: int) -> dict[str, Any]:
+    return {"event": "subscription.charged", "payload": {
+        "subscription": {"entity": {"id": sub_ref, "status": "active", "current_end": end,
+                                    "paid_count": paid_count,
+                                    "notes": {"order_id": order_id}}},
+        "payment": {"entity": {"id": payment_id, "amount": 1180, "currency": "INR"}}}}
+
+
+def test_razorpay_charges_after_the_first_are_renewal_orders(make_app):
+    with fake_server("razorpay") as fake:
+        s, course, plan_id = _plan_school(make_app, fake, "razorpay", tax_rate_bp=1800)
+        first = _buy_plan(s, plan_id)
+        sub_ref = first["checkout"]["razorpay_subscription_id"]
+        end = int(time.time()) + 30 * DAY
+        _razorpay(s, _charged(sub_ref, first["id"], "pay_1", 1, end), "evt_c1")
+        assert s.order(first["id"])["status"] == "paid"
+        assert len(_orders(s, s.student)) == 1
+        assert ok(s.enroll(s.student, course), 201)["status"] == "active"
+
+        for _ in range(2):
+            _razorpay(s, _charged(sub_ref, first["id"], "pay_2", 2, end + 30 * DAY), "evt_c2")
+        renewal, purchase = _orders(s, s.student)
+        assert purchase["id"] == first["id"]
+        assert (renewal["kind"], renewal["status"], renewal["total"], renewal["tax"],
+                renewal["invoice_number"], renewal["plan_id"]) == (
+            "renewal", "paid", 1180, 180, 2, plan_id)
+        (sub,) = ok(s.client.get("/api/v1/payments/subscriptions",
+                                 headers=s.auth(s.student)))["items"]
+        assert renewal["subscription_id"] == sub["id"]
+        assert sub["current_period_end"].startswith(
+            time.strftime("%Y-%m-%d", time.gmtime(end + 30 * DAY)))
+        ok(s.client.get(f"/api/v1/payments/orders/{renewal['id']}/receipt",
+                        headers=s.auth(s.student)))
+        # Razorpay's refund of the renewal's payment refunds that order only.
+        _razorpay(s, {"event": "refund.processed", "payload": {
+            "refund": {"entity": {"id": "rfnd_1", "payment_id": "pay_2", "amount": 1180}},
+            "payment": {"entity": {"id": "pay_2", "amount": 1180, "amount_refunded": 1180,
+                                   "notes": {}}}}}, "evt_r")
+        assert s.order(renewal["id"])["status"] == "refunded"
+        assert s.order(first["id"])["status"] == "paid"
+        assert s.status(course, s.student) == "active"
+
+
+def test_a_razorpay_renewal_before_the_first_charge(make_app):
+    with fake_server("razorpay") as fake:
+        s, course, plan_id = _plan_school(make_app, fake, "razorpay")
+        first = _buy_plan(s, plan_id)
+        sub_ref = first["checkout"]["razorpay_subscription_id"]
+        end = int(time.time()) + 60 * DAY
+        _razorpay(s, _charged(sub_ref, first["id"], "pay_2", 2, end), "evt_c2")
+        assert [(o["kind"], o["status"], o["invoice_number"]) for o in _orders(s, s.student)] \
+            == [("renewal", "paid", 2), ("purchase", "paid", 1)]
+        assert ok(s.enroll(s.student, course), 201)["status"] == "active"
+        # The first charge's event comes late: it only names the first order's payment,
+        # which an admin's refund then goes through.
+        _razorpay(s, _charged(sub_ref, first["id"], "pay_1", 1, end - 30 * DAY), "evt_c1")
+        assert len(_orders(s, s.student)) == 2
+        ok(s.client.post(f"/api/v1/payments/orders/{first['id']}/refund",
+                         json={"reason": "asked"}, headers=s.auth(s.admin)))
+        assert [c[1] for c in fake.calls if c[1].endswith("/refund")] == [
+            "/v1/payments/pay_1/refund"]
