@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
 
 from kalpla_core.db import utcnow
 from kalpla_core.jobs.models import Job
@@ -56,13 +57,20 @@ class ReapReport:
 def reap(jobs: Jobs, now: datetime | None = None, queued_grace: int = QUEUED_GRACE) -> ReapReport:
     now = now or utcnow()
     report = ReapReport()
-    _settle_lost_runs(jobs, now, report)
+    # Jobs unknown to this process get the default timeout.
+    shortest = min([jobs.timeout_of(name) for name in jobs.specs]
+                   + [jobs.kalpla.settings.job_timeout])
     with jobs.kalpla.db.session() as s:
-        left = s.scalars(select(Job.id)
-                         .where(Job.status == "queued",
-                                Job.created_at < now - timedelta(seconds=queued_grace))
-                         .order_by(Job.created_at, Job.id).limit(QUEUED_BATCH)).all()
-    for job_id in [*report.requeued, *(i for i in left if i not in report.requeued)]:
+        # One read for both kinds: without an index on status, each read scans the table.
+        rows = s.execute(select(Job.id, Job.name, Job.status, Job.error).where(or_(
+            and_(Job.status == "running", Job.started_at < now - timedelta(seconds=shortest)),
+            and_(Job.status == "queued",
+                 Job.created_at < now - timedelta(seconds=queued_grace))))
+            .order_by(Job.created_at, Job.id)).all()
+        for job_id, name, _status, error in (r for r in rows if r.status == "running"):
+            _settle_lost_run(s, jobs, now, job_id, name, error, report)
+    left = [r.id for r in rows if r.status == "queued"][:QUEUED_BATCH]
+    for job_id in [*report.requeued, *left]:
         try:
             jobs.runner.submit(job_id)
         except Exception:
@@ -74,32 +82,23 @@ def reap(jobs: Jobs, now: datetime | None = None, queued_grace: int = QUEUED_GRA
     return report
 
 
-def _settle_lost_runs(jobs: Jobs, now: datetime, report: ReapReport) -> None:
-    # Jobs unknown to this process get the default timeout.
-    shortest = min([jobs.timeout_of(name) for name in jobs.specs]
-                   + [jobs.kalpla.settings.job_timeout])
-    with jobs.kalpla.db.session() as s:
-        rows = s.execute(select(Job.id, Job.name, Job.error)
-                         .where(Job.status == "running",
-                                Job.started_at < now - timedelta(seconds=shortest))
-                         .order_by(Job.started_at)).all()
-        for job_id, name, error in rows:
-            timeout = jobs.timeout_of(name)
-            stale = (Job.id == job_id, Job.status == "running",
-                     Job.started_at < now - timedelta(seconds=timeout))
-            message = lost_message(timeout)
-            # A running job carries an error only after it was queued again: once is enough.
-            if jobs.is_retry_safe(name) and error is None and s.execute(
-                    update(Job).where(*stale, Job.error.is_(None)).values(
-                        status="queued", started_at=None, progress=0, progress_message="",
-                        error=f"{message}; queued again")).rowcount:
-                log.warning("job queued again: %s", message,
-                            extra={"job_id": job_id, "job": name})
-                report.requeued.append(job_id)
-            elif s.execute(update(Job).where(*stale).values(
-                    status="failed", finished_at=now, error=message)).rowcount:
-                log.warning("job failed: %s", message, extra={"job_id": job_id, "job": name})
-                report.failed.append(job_id)
+def _settle_lost_run(s: Session, jobs: Jobs, now: datetime, job_id: str, name: str,
+                     error: str | None, report: ReapReport) -> None:
+    timeout = jobs.timeout_of(name)
+    stale = (Job.id == job_id, Job.status == "running",
+             Job.started_at < now - timedelta(seconds=timeout))
+    message = lost_message(timeout)
+    # A running job carries an error only after it was queued again: once is enough.
+    if jobs.is_retry_safe(name) and error is None and s.execute(
+            update(Job).where(*stale, Job.error.is_(None)).values(
+                status="queued", started_at=None, progress=0, progress_message="",
+                error=f"{message}; queued again")).rowcount:
+        log.warning("job queued again: %s", message, extra={"job_id": job_id, "job": name})
+        report.requeued.append(job_id)
+    elif s.execute(update(Job).where(*stale).values(
+            status="failed", finished_at=now, error=message)).rowcount:
+        log.warning("job failed: %s", message, extra={"job_id": job_id, "job": name})
+        report.failed.append(job_id)
 
 
 class Sweeper:
