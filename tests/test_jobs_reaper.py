@@ -296,6 +296,31 @@ def test_sweeper_reaps_at_once_and_stops_with_the_app(kalpla):
     assert not sweeper.alive and kalpla.jobs._sweeper is None
 
 
+def test_reap_with_celery_sends_left_behind_jobs_to_the_broker(make_app):
+    # Kombu's in-memory transport shows what reaches the broker, with no broker running.
+    queue = f"kalpla-test-{uuid.uuid4().hex[:12]}"
+    app = make_app(plugins=["jobtest"], plugin_objects={"jobtest": jobs_support},
+                   celery_broker_url="redis://127.0.0.1:1/6", celery_queue=queue)
+    kalpla = app.extensions["kalpla"]
+    runner = kalpla.jobs.runner
+    runner.celery.conf.broker_url = "memory://"
+    left = add_job(kalpla, status="queued", age=HOUR, upto=1)
+    add_job(kalpla, status="queued", upto=1)  # fresh: its message is still on its way
+
+    assert kalpla.jobs.reap().dispatched == [left]
+    with runner.celery.connection_for_read() as conn:
+        received = conn.SimpleQueue(queue)
+        try:
+            message = received.get(timeout=2)
+            assert message.decode()[0] == [left]
+            message.ack()
+            with pytest.raises(received.Empty):
+                received.get(timeout=0.2)
+        finally:
+            received.close()
+    assert row(kalpla, left).status == "queued"  # a worker runs it, not this process
+
+
 def test_no_sweeper_with_celery(make_app):
     app = make_app(plugins=[], celery_broker_url="redis://127.0.0.1:1/6")
     jobs = app.extensions["kalpla"].jobs
