@@ -218,3 +218,21 @@ def test_the_job_purges_and_refuses_bad_parameters(app, client, factories):
         assert refused.error == "older_than_minutes must be a whole number of minutes, 0 or " \
                                 "more."
     assert _rows(app) == {} and _stored(app) == []
+
+
+def test_a_file_purged_while_its_confirm_checks_it_is_not_kept(app, client, factories,
+                                                              monkeypatch):
+    w = world(factories)
+    asked = _ask(client, w, create_course(client, w))
+    _put(client, asked)
+    _age(app, [asked["id"]], 120)
+    stat = LocalStorage.stat
+
+    def stat_then_purge(self: LocalStorage, key: str) -> Any:
+        checked = stat(self, key)
+        assert purge_pending(app.extensions["kalpla"]) == PurgeResult(1, 0)
+        return checked
+
+    monkeypatch.setattr(LocalStorage, "stat", stat_then_purge)
+    problem(_confirm(client, w, asked["id"]), 404)
+    assert _rows(app) == {} and _stored(app) == []
