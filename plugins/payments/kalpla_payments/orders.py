@@ -231,16 +231,18 @@ def mark_paid(session: Session, kalpla: Any, order: Order, *, amount: int,
 def mark_processing(session: Session, order: Order, *, actor: str, reason: str,
                     now: datetime) -> bool:
     """The buyer completed the checkout with a delayed payment method: the order stays
-    pending (not paid, not yet failed) and does not expire while the gateway processes the
-    payment. False when it is not pending or was marked already."""
+    pending (not paid, not yet failed) and does not expire for ``PROCESSING_DAYS`` from each
+    time the gateway says the payment is still processing. The first time is recorded. False
+    when the order is not pending."""
     order = lock(session, order.id)
-    if order.status != "pending" or (order.checkout or {}).get("processing"):
+    if order.status != "pending":
         return False
-    order.checkout = {**(order.checkout or {}), "processing": True}
     until = now + timedelta(days=PROCESSING_DAYS)
     order.expires_at = max(order.expires_at, until) if order.expires_at else until
-    record(session, order, "pending", actor, f"{reason}: the payment is processing.", now, 0,
-           "pending")
+    if not (order.checkout or {}).get("processing"):
+        order.checkout = {**(order.checkout or {}), "processing": True}
+        record(session, order, "pending", actor, f"{reason}: the payment is processing.",
+               now, 0, "pending")
     session.flush()
     return True
 

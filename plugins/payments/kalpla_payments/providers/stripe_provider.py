@@ -229,9 +229,10 @@ class StripeProvider:
         if complete and state == "failed":
             return [PaymentEvent(f"poll:{provider_ref}:failed", source, "failed",
                                  order_ref=provider_ref)]
-        if complete:
-            return [PaymentEvent(f"poll:{provider_ref}:processing", source, "processing",
-                                 order_ref=provider_ref)]
+        if complete:  # still processing: asked again tomorrow, it keeps the order open
+            day = datetime.now(UTC).date().isoformat()
+            return [PaymentEvent(f"poll:{provider_ref}:processing:{day}", source,
+                                 "processing", order_ref=provider_ref)]
         if s.get("status") == "expired":
             return [PaymentEvent(f"poll:{provider_ref}:expired", source, "expired",
                                  order_ref=provider_ref)]
