@@ -79,7 +79,8 @@ class StorageProvider(Protocol):
         ``expect`` (what :meth:`stat` reported, ``etag`` included) describes, atomically with
         that check; else raise :class:`ObjectChanged` and write nothing. An object already at
         ``final_key`` is replaced (a confirm retried after a failed commit). The object at
-        ``upload_key`` stays: the core deletes it. Returns what is now at ``final_key``."""
+        ``upload_key`` stays: the core deletes it. Returns what is now at ``final_key``.
+        (Optional for compatibility: without it a confirmed file stays at its upload key.)"""
         ...
 
     def download_url(self, key: str, *, filename: str, content_type: str, ttl: int) -> str:

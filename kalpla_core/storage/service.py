@@ -221,19 +221,32 @@ def confirm_upload(session: Session, kalpla: Kalpla, caller: courses.Caller,
         raise _not_found(file_id)
     if locked.status == "ready":
         return locked
-    kept_at = final_key(locked.institution_id, locked.id)
-    try:
-        kept = provider.finalize(key, kept_at, obj)
-    except ObjectChanged:
-        raise APIError(409, "The uploaded object changed while it was being checked; "
-                       "confirm again.", "upload-changed") from None
+    kept_at, kept = _keep(provider, key, final_key(locked.institution_id, locked.id), obj)
     locked.storage_key = kept_at
     locked.sha256 = kept.sha256
     locked.status = "ready"
     locked.confirmed_at = utcnow()
     session.flush()
-    queue_after_commit(session, lambda: provider.delete(key))
+    if kept_at != key:
+        queue_after_commit(session, lambda: provider.delete(key))
     return locked
+
+
+def _keep(provider: StorageProvider, key: str, final: str,
+          obj: StoredObject) -> tuple[str, StoredObject]:
+    """Where the checked object is kept, and what is there."""
+    finalize = getattr(provider, "finalize", None)
+    if finalize is None:
+        # A provider written before the port had finalize: the object stays where it was
+        # uploaded, replaceable until the instructions expire, as it was then.
+        log.warning("storage provider %r has no finalize(); confirmed files stay at their "
+                    "upload keys", provider.name)
+        return key, obj
+    try:
+        return final, finalize(key, final, obj)
+    except ObjectChanged:
+        raise APIError(409, "The uploaded object changed while it was being checked; "
+                       "confirm again.", "upload-changed") from None
 
 
 def _lock_file(session: Session, file_id: str) -> StoredFile | None:

@@ -283,3 +283,21 @@ def test_s3_finalize_encrypts_the_copy_whatever_the_bucket_default(make_app,
         provider.finalize("inst/missing", "inst/ready/missing", checked)
     with pytest.raises(ValueError):
         provider.finalize("inst/upload", "inst/ready/upload", checked.__class__(1, None))
+
+
+def test_a_provider_without_finalize_keeps_files_at_their_upload_key(app, factories,
+                                                                     monkeypatch, caplog):
+    # A third-party provider written before the port had finalize() still confirms.
+    monkeypatch.delattr(LocalStorage, "finalize")
+    client = app.test_client()
+    w = world(factories)
+    asked = _ask_local(client, w, create_course(client, w))
+    assert _put(client, asked, PDF).status_code == 204
+    ok(_confirm(client, w, asked["id"]))
+    assert "has no finalize()" in caplog.text
+    key = f"{w.school.id}/{asked['id']}"
+    assert _stored(app) == [key, f"{key}.json"]
+    assert client.get(_download(client, w, asked["id"])).data == PDF
+    assert client.delete(f"/api/v1/files/{asked['id']}",
+                         headers=w.auth(w.instructor)).status_code == 204
+    assert _stored(app) == []
