@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Integer, String, Text
+from sqlalchemy import ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kalpla_core.db import Base, UTCDateTime, new_id, utcnow
@@ -15,6 +15,10 @@ class Job(Base):
     """The persisted record of one background job, whatever runs it."""
 
     __tablename__ = "jobs"
+    __table_args__ = (
+        # The reaper's sweep reads queued and running jobs, not the finished ones.
+        Index("ix_jobs_status_created", "status", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(128))
