@@ -208,8 +208,9 @@ def _apply_renewal(session: Session, kalpla: Any, institution_id: str, provider:
 
 
 def reconcile(session: Session, kalpla: Any, now: datetime) -> dict[str, int]:
-    """Ask each gateway about pending orders and apply what it says (as a lost webhook would
-    have), expire pending orders past their time, and expire lapsed subscriptions."""
+    """Ask each gateway about pending orders, and about its subscriptions whose period ran
+    out, and apply what it says (as lost webhooks would have); then expire pending orders
+    past their time and subscriptions still past their period."""
     applied = asked = 0
     pending = list(session.scalars(select(Order).where(
         Order.status == "pending", Order.provider_ref.is_not(None)).order_by(Order.id)))
@@ -224,6 +225,26 @@ def reconcile(session: Session, kalpla: Any, now: datetime) -> dict[str, int]:
             continue
         asked += 1
         applied += process(session, kalpla, order.institution_id, order.provider, found,
+                           now).applied
+    # Gateway subscriptions whose period ran out are asked first: a renewal whose webhook was
+    # lost is recorded (an order) and moves the period on instead of letting them lapse.
+    due = list(session.scalars(select(Subscription).where(
+        Subscription.status.in_(access.LIVE_SUBSCRIPTION),
+        Subscription.current_period_end <= now, Subscription.provider_ref.is_not(None))
+        .order_by(Subscription.id)))
+    for sub in due:
+        provider = orders.provider_of(kalpla, sub.provider)
+        if not hasattr(provider, "poll_subscription"):
+            continue
+        assert sub.provider_ref is not None
+        try:
+            found = provider.poll_subscription(credentials.load(
+                session, kalpla, sub.institution_id, sub.provider), sub.provider_ref)
+        except ProviderError as exc:
+            log.warning("reconcile: %s", exc, extra={"subscription": sub.id})
+            continue
+        asked += 1
+        applied += process(session, kalpla, sub.institution_id, sub.provider, found,
                            now).applied
     expired = orders.expire_due(session, now)
     lapsed = access.expire_subscriptions(session, kalpla, now)

@@ -197,7 +197,13 @@ class FakeGateway:
         return f"{prefix}_{next(self.counter)}"
 
 
-def _stripe(fake: FakeGateway, method: str, path: str, auth: str, body: bytes) -> Any:
+def _listing(fake: FakeGateway, kind: str, **match: str) -> list[dict[str, Any]]:
+    return [o for o in fake.objects.values() if o.get("object", o.get("entity")) == kind
+            and all(o.get(k) == v for k, v in match.items())]
+
+
+def _stripe(fake: FakeGateway, method: str, path: str, query: dict[str, str], auth: str,
+            body: bytes) -> Any:
     if auth != f"Bearer {STRIPE_KEYS['secret_key']}":
         return 401, {"error": {"type": "invalid_request_error", "message": "bad key"}}
     form = _nest(parse_qsl(body.decode()))
@@ -213,6 +219,10 @@ def _stripe(fake: FakeGateway, method: str, path: str, auth: str, body: bytes) -
                              "amount_total": int(item["unit_amount"]),
                              "currency": item["currency"], "payment_intent": pid}
         return 200, fake.objects[sid]
+    if method == "GET" and path == "/v1/invoices":
+        found = _listing(fake, "invoice", subscription=query["subscription"],
+                         status=query["status"])
+        return 200, {"object": "list", "url": path, "has_more": False, "data": found}
     if method == "GET" and path.split("/")[-1] in fake.objects:
         return 200, fake.objects[path.split("/")[-1]]
     if method == "POST" and path == "/v1/refunds":
@@ -222,7 +232,8 @@ def _stripe(fake: FakeGateway, method: str, path: str, auth: str, body: bytes) -
     return 404, {"error": {"type": "invalid_request_error", "message": f"no {path}"}}
 
 
-def _razorpay(fake: FakeGateway, method: str, path: str, auth: str, body: bytes) -> Any:
+def _razorpay(fake: FakeGateway, method: str, path: str, query: dict[str, str], auth: str,
+              body: bytes) -> Any:
     import base64
 
     expected = base64.b64encode(
@@ -245,6 +256,9 @@ def _razorpay(fake: FakeGateway, method: str, path: str, auth: str, body: bytes)
             fake.objects[oid].update(status="created", paid_count=0,
                                      short_url=f"{fake.url}/rzp/{oid}")
         return 200, fake.objects[oid]
+    if method == "GET" and path == "/v1/invoices":
+        found = _listing(fake, "invoice", subscription_id=query["subscription_id"])
+        return 200, {"entity": "collection", "count": len(found), "items": found}
     parts = path.strip("/").split("/")
     if method == "GET" and len(parts) == 3 and parts[2] in fake.objects:
         return 200, fake.objects[parts[2]]
@@ -268,7 +282,8 @@ def fake_server(kind: str) -> Iterator[FakeGateway]:
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            status, payload = handle(fake, self.command, self.path.split("?")[0],
+            path, _, query = self.path.partition("?")
+            status, payload = handle(fake, self.command, path, dict(parse_qsl(query)),
                                      self.headers.get("Authorization", ""), body)
             raw = json.dumps(payload).encode()
             self.send_response(status)

@@ -1,14 +1,16 @@
 """Renewals of gateway subscriptions as orders of their own, over HTTP against local fake
 gateways with webhooks signed as Stripe and Razorpay sign them: the receipt, the reports, the
-subscriber's list, refunds of a renewal, concurrent and out-of-order deliveries."""
+subscriber's list, refunds of a renewal, concurrent and out-of-order deliveries, and renewals
+whose webhook was lost, found by ``kalpla payments reconcile``."""
 
 from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kalpla_payments.models import Order, OrderEvent
+from kalpla_payments.models import Order, OrderEvent, Subscription
 from payments_support import (
     RAZORPAY_KEYS,
     STRIPE_KEYS,
@@ -21,7 +23,7 @@ from payments_support import (
     stripe_event,
     stripe_signature,
 )
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 STRIPE_HOOK = "/api/v1/payments/webhooks/stripe/school"
 RAZORPAY_HOOK = "/api/v1/payments/webhooks/razorpay/school"
@@ -289,3 +291,84 @@ def test_a_razorpay_renewal_before_the_first_charge(make_app):
                          json={"reason": "asked"}, headers=s.auth(s.admin)))
         assert [c[1] for c in fake.calls if c[1].endswith("/refund")] == [
             "/v1/payments/pay_1/refund"]
+
+
+def _lapse(s: Any) -> None:
+    """Every subscription's period ran out here (its renewal's webhook never came)."""
+    with s.kalpla.db.session() as db:
+        db.execute(update(Subscription).values(
+            current_period_end=datetime.now(UTC) - timedelta(minutes=1)))
+        db.commit()
+
+
+def _period_end(s: Any) -> str:
+    (sub,) = ok(s.client.get("/api/v1/payments/subscriptions",
+                             headers=s.auth(s.student)))["items"]
+    return str(sub["current_period_end"])
+
+
+def test_reconcile_records_a_stripe_renewal_whose_webhook_was_lost(make_app):
+    with fake_server("stripe") as fake:
+        s, course, plan_id = _plan_school(make_app, fake, "stripe")
+        first = _buy_plan(s, plan_id)
+        _complete_subscription(s, fake, first)
+        assert ok(s.enroll(s.student, course), 201)["status"] == "active"
+        now = int(time.time())
+        invoice = {"object": "invoice", "status": "paid", "subscription": "sub_1",
+                   "currency": "inr", "amount_paid": 1000,
+                   "subscription_details": {"metadata": {"order_id": first["id"]}}}
+        fake.objects["in_1"] = {**invoice, "id": "in_1", "billing_reason": "subscription_create",
+                                "created": now - 30 * DAY,
+                                "lines": {"data": [{"period": {"end": now}}]}}
+        fake.objects["in_2"] = {**invoice, "id": "in_2", "billing_reason": "subscription_cycle",
+                                "created": now, "payment_intent": "pi_r2",
+                                "lines": {"data": [{"period": {"end": now + 30 * DAY}}]}}
+        fake.objects["sub_1"] = {"id": "sub_1", "object": "subscription", "status": "active",
+                                 "current_period_end": now + 30 * DAY, "metadata": {}}
+        _lapse(s)
+
+        out = s.reconcile()
+        assert "asked=1" in out and "expired_subscriptions=0" in out, out
+        assert [(o["kind"], o["invoice_number"], o["total"]) for o in _orders(s, s.student)] \
+            == [("renewal", 2, 1000), ("purchase", 1, 1000)]
+        assert _period_end(s).startswith(time.strftime("%Y-%m-%d",
+                                                       time.gmtime(now + 30 * DAY)))
+        assert s.status(course, s.student) == "active"
+        assert "asked=0" in s.reconcile()
+
+        # Cancelled at Stripe, the deletion's webhook lost too: the next lapse ends it.
+        fake.objects["sub_1"]["status"] = "canceled"
+        _lapse(s)
+        out = s.reconcile()
+        assert "asked=1" in out, out
+        assert s.status(course, s.student) == "dropped"
+        assert len(_orders(s, s.student)) == 2
+
+
+def test_reconcile_records_a_razorpay_renewal_whose_webhook_was_lost(make_app):
+    with fake_server("razorpay") as fake:
+        s, course, plan_id = _plan_school(make_app, fake, "razorpay")
+        first = _buy_plan(s, plan_id)
+        sub_ref = first["checkout"]["razorpay_subscription_id"]
+        now = int(time.time())
+        _razorpay(s, _charged(sub_ref, first["id"], "pay_1", 1, now), "evt_c1")
+        invoice = {"entity": "invoice", "subscription_id": sub_ref, "status": "paid",
+                   "amount": 1180, "amount_paid": 1180, "currency": "INR"}
+        fake.objects["inv_1"] = {**invoice, "id": "inv_1", "payment_id": "pay_1",
+                                 "billing_start": now - 30 * DAY, "billing_end": now}
+        fake.objects["inv_2"] = {**invoice, "id": "inv_2", "payment_id": "pay_2",
+                                 "billing_start": now, "billing_end": now + 30 * DAY}
+        fake.objects["inv_3"] = {**invoice, "id": "inv_3", "payment_id": None,
+                                 "status": "issued", "billing_start": now + 30 * DAY}
+        fake.objects[sub_ref].update(status="active", paid_count=2,
+                                     current_end=now + 30 * DAY)
+        _lapse(s)
+
+        out = s.reconcile()
+        assert "asked=1" in out and "expired_subscriptions=0" in out, out
+        assert [(o["kind"], o["invoice_number"], o["provider"]) for o in
+                _orders(s, s.student)] == [("renewal", 2, "razorpay"),
+                                           ("purchase", 1, "razorpay")]
+        assert _period_end(s).startswith(time.strftime("%Y-%m-%d",
+                                                       time.gmtime(now + 30 * DAY)))
+        assert ok(s.enroll(s.student, course), 201)["status"] == "active"

@@ -116,3 +116,9 @@ class PaymentProvider(Protocol):
     def refund(self, credentials: Mapping[str, str], payment_id: str, amount: int,
                reason: str) -> str:
         """Refund ``amount`` of a payment; the gateway's refund id."""
+
+    # Optional, for gateways that bill subscriptions (``reconcile`` asks when a
+    # subscription's period ran out here):
+    # ``poll_subscription(credentials, subscription_ref) -> list[PaymentEvent]``, its paid
+    # charges (the first as ``paid``, later ones as ``renewal``) and its ``subscription``
+    # state.

@@ -207,6 +207,46 @@ class RazorpayProvider:
                              status=SUBSCRIPTION_STATUS.get(str(sub.get("status")), "past_due"),
                              period_end=datetime.fromtimestamp(int(end), UTC) if end else None)]
 
+    def poll_subscription(self, credentials: Mapping[str, str],
+                          subscription_ref: str) -> list[PaymentEvent]:
+        """What lost webhooks would have said about a subscription: its paid invoices in
+        billing order (the first charge pays the plan's order, each later one is a renewal)
+        and its state and period."""
+        try:
+            client = self._client(credentials)
+            sub = client.subscription.fetch(subscription_ref)
+            found = client.invoice.all({"subscription_id": subscription_ref, "count": 100})
+        except CLIENT_ERRORS as exc:
+            raise ProviderError(str(exc)) from None
+        notes = sub.get("notes") or {}
+        order_id = notes.get("order_id") if isinstance(notes, dict) else None
+        paid = sorted((i for i in found.get("items", [])
+                       if i.get("status") == "paid" and i.get("payment_id")),
+                      key=lambda i: int(i.get("billing_start") or i.get("paid_at") or 0))
+        out = []
+        for n, invoice in enumerate(paid):
+            payment_id = str(invoice["payment_id"])
+            common: dict[str, Any] = {
+                "order_id": order_id, "order_ref": subscription_ref, "payment_id": payment_id,
+                "amount": int(invoice.get("amount_paid") or invoice.get("amount") or 0),
+                "subscription_ref": subscription_ref}
+            if n == 0:
+                out.append(PaymentEvent(f"poll:{payment_id}:first", "subscription.poll",
+                                        "paid", **common))
+                continue
+            end = invoice.get("billing_end")
+            out.append(PaymentEvent(
+                f"poll:{payment_id}", "subscription.poll", "renewal", renewal_ref=payment_id,
+                currency=str(invoice.get("currency") or "").upper() or None,
+                period_end=datetime.fromtimestamp(int(end), UTC) if end else None, **common))
+        end = sub.get("current_end")
+        status = SUBSCRIPTION_STATUS.get(str(sub.get("status")), "past_due")
+        out.append(PaymentEvent(
+            f"poll:{subscription_ref}:{status}:{end}", "subscription.poll", "subscription",
+            order_ref=subscription_ref, subscription_ref=subscription_ref, status=status,
+            period_end=datetime.fromtimestamp(int(end), UTC) if end else None))
+        return out
+
     def refund(self, credentials: Mapping[str, str], payment_id: str, amount: int,
                reason: str) -> str:
         if not payment_id:

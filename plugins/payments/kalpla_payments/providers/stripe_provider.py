@@ -238,6 +238,30 @@ class StripeProvider:
                                  order_ref=provider_ref)]
         return []
 
+    def poll_subscription(self, credentials: Mapping[str, str],
+                          subscription_ref: str) -> list[PaymentEvent]:
+        """What lost webhooks would have said about a subscription: its paid invoices (the
+        first pays the plan's order, each renewal is an order) and its state and period."""
+        try:
+            client = self._client(credentials)
+            invoices = client.v1.invoices.list(params={
+                "subscription": subscription_ref, "status": "paid", "limit": 100})
+            sub = client.v1.subscriptions.retrieve(subscription_ref).to_dict()
+        except stripe.StripeError as exc:
+            raise ProviderError(str(exc)) from None
+        out: list[PaymentEvent] = []
+        for invoice in sorted((i.to_dict() for i in invoices.data),
+                              key=lambda i: int(i.get("created") or 0)):
+            out.extend(_invoice_events(f"poll:{invoice['id']}", "invoice.poll", invoice))
+        items = (sub.get("items") or {}).get("data") or [{}]
+        end = sub.get("current_period_end") or items[0].get("current_period_end")
+        status = SUBSCRIPTION_STATUS.get(str(sub.get("status")), "past_due")
+        out.append(PaymentEvent(f"poll:{subscription_ref}:{status}:{end}",
+                                "customer.subscription.poll", "subscription",
+                                subscription_ref=subscription_ref, status=status,
+                                period_end=_ts(end)))
+        return out
+
     @staticmethod
     def _delayed_outcome(client: stripe.StripeClient, session: dict[str, Any]) -> str:
         """``paid``, ``failed`` or ``processing``: the payment behind an unpaid session."""
