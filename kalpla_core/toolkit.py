@@ -39,6 +39,7 @@ from kalpla_core.identity.models import User
 from kalpla_core.institutions.models import Institution
 from kalpla_core.jobs import JobContext, JobError, JobSpec
 from kalpla_core.plugins.dispatch import any_institution
+from kalpla_core.storage.port import StoredObject
 
 __all__ = [
     "SEATED",
@@ -57,11 +58,13 @@ __all__ = [
     "Page",
     "PageArgs",
     "SecretBox",
+    "StoredObject",
     "TimestampMixin",
     "UTCDateTime",
     "User",
     "abort",
     "activate_pending",
+    "add_file",
     "any_institution",
     "aws_client",
     "can_read_lesson",
@@ -76,6 +79,8 @@ __all__ = [
     "emit",
     "enqueue_job",
     "etag_of",
+    "file_download_url",
+    "find_file",
     "has_seat",
     "idempotent",
     "kalpla",
@@ -167,3 +172,75 @@ def aws_client(service: str, app_kalpla: Any = None,
     from kalpla_core.aws import aws_client as _aws_client
 
     return _aws_client(app_kalpla if app_kalpla is not None else kalpla(), service, config)
+
+
+# Files a plugin's own storage provider holds (issue 7), documented in docs/plugins.md ("Files
+# of a plugin's storage provider").
+
+def find_file(session: Any, *, provider: str, storage_key: str) -> str | None:
+    """The id of the ``ready`` file ``provider`` holds at ``storage_key``, or None."""
+    from sqlalchemy import select
+
+    from kalpla_core.storage.models import StoredFile
+
+    return session.scalar(select(StoredFile.id).where(
+        StoredFile.storage_key == storage_key, StoredFile.provider == provider,
+        StoredFile.status == "ready"))
+
+
+def add_file(session: Any, *, institution_id: str, course_id: str, lesson_id: str | None,
+             provider: str, storage_key: str, filename: str, content_type: str, size: int,
+             purpose: str = "resource", owner_id: str | None = None) -> str:
+    """Record a ``ready`` file of a course (and of one of its lessons) whose object a
+    plugin's storage provider (registered through ``kalpla_providers``) already holds at
+    ``storage_key``; its id. It is read like any file (of a lesson: by whoever may read the
+    lesson), its download URL comes from ``provider``'s ``download_url`` and its deletion
+    calls ``provider``'s ``delete``. Idempotent: a file already recorded at ``storage_key``
+    (by ``provider``) is the answer, also when a concurrent call recorded it first."""
+    from sqlalchemy.exc import IntegrityError
+
+    from kalpla_core.db import new_id as _new_id
+    from kalpla_core.db import utcnow as _utcnow
+    from kalpla_core.storage.models import StoredFile
+    from kalpla_core.storage.service import PURPOSES
+
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {', '.join(PURPOSES)}")
+    course = session.get(Course, course_id)
+    if course is None or course.institution_id != institution_id:
+        raise ValueError("the course is not the institution's")
+    if lesson_id is not None:
+        lesson = session.get(Lesson, lesson_id)
+        if lesson is None or lesson.course_id != course_id:
+            raise ValueError("the lesson is not the course's")
+    existing = session.get(StoredFile, find_file(session, provider=provider,
+                                                 storage_key=storage_key) or "")
+    if existing is not None:
+        return existing.id
+    file = StoredFile(
+        id=_new_id(), institution_id=institution_id, owner_id=owner_id, course_id=course_id,
+        lesson_id=lesson_id, purpose=purpose, provider=provider, storage_key=storage_key,
+        filename=filename[:255], content_type=content_type, size=max(int(size), 0),
+        status="ready", confirmed_at=_utcnow())
+    try:
+        with session.begin_nested():
+            session.add(file)
+    except IntegrityError:
+        found = find_file(session, provider=provider, storage_key=storage_key)
+        if found is None:
+            raise
+        return found
+    return file.id
+
+
+def file_download_url(session: Any, file_id: str, ttl: int | None = None) -> tuple[str, int]:
+    """A URL serving the ready file ``file_id`` and how many seconds it lasts (by default the
+    core's: minutes, an hour for audio and video). It checks no rights: the caller has."""
+    from kalpla_core.storage.models import StoredFile
+    from kalpla_core.storage.service import download_ttl, download_url
+
+    file = session.get(StoredFile, file_id)
+    if file is None:
+        raise APIError(404, f"There is no file {file_id!r}.", "not-found")
+    seconds = ttl or download_ttl(file)
+    return download_url(kalpla(), file, seconds), seconds

@@ -37,9 +37,15 @@ KALPLA_PLUGIN = PluginMeta(
 
 @hookimpl
 def kalpla_models() -> list[type[Any]]:
-    from kalpla_streaming.models import Attendance, LiveSession, PlaybackKeyPair, ProcessedEvent
+    from kalpla_streaming.models import (
+        Attendance,
+        Channel,
+        LiveSession,
+        PlaybackKeyPair,
+        ProcessedEvent,
+    )
 
-    return [LiveSession, PlaybackKeyPair, Attendance, ProcessedEvent]
+    return [LiveSession, Channel, PlaybackKeyPair, Attendance, ProcessedEvent]
 
 
 @hookimpl
@@ -62,11 +68,18 @@ def kalpla_providers() -> list[Provider]:
     from kalpla_streaming.providers import PORT
     from kalpla_streaming.providers.ivs import IVSProvider
     from kalpla_streaming.providers.rtmp import RTMPProvider
+    from kalpla_streaming.providers.storage import IVSRecordingStorage, RTMPRecordingStorage
+    from kalpla_streaming.recordings import IVS_STORAGE, RTMP_STORAGE
 
     return [
         Provider(PORT, "rtmp", lambda app: RTMPProvider(),
                  "Self-hosted media server (MediaMTX) authenticating through Kalpla"),
         Provider(PORT, "ivs", IVSProvider.for_app, "Amazon Interactive Video Service"),
+        # Recordings are files of their lessons, held where the video service wrote them.
+        Provider("storage", IVS_STORAGE, IVSRecordingStorage,
+                 "Amazon IVS recordings (HLS in S3), served through signed playlists"),
+        Provider("storage", RTMP_STORAGE, RTMPRecordingStorage,
+                 "MediaMTX recordings, served by its playback server with signed links"),
     ]
 
 

@@ -4,11 +4,14 @@ No Flask here.
 - ``IVS Stream State Change`` with ``detail.event_name`` ``Stream Start`` moves the channel's
   session live, ``Stream End`` ends it (at the event's ``time``);
 - ``IVS Recording State Change`` with ``detail.recording_status`` ``Recording End`` records
-  where the recording is (``s3://<bucket>/<prefix>``).
+  where the recording is (``s3://<bucket>/<prefix>``) and makes it a resource of the lesson
+  (:mod:`kalpla_streaming.recordings`).
 
-Each event is applied once, by its EventBridge ``id``; the session's rules (earliest start and
-end win) make late and reordered events harmless. Events of unknown channels, and of sessions
-whose institution disabled the plugin, are acknowledged and ignored.
+On a course's channel, an event goes to the session whose stream it carries (the stream id
+seen at its start), else to the session holding the channel when it happened. Each event is
+applied once, by its EventBridge ``id``; the session's rules (earliest start and end win) make
+late and reordered events harmless. Events of unknown channels, and of sessions whose
+institution disabled the plugin, are acknowledged and ignored.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from kalpla_streaming import service
+from kalpla_streaming import recordings, service
 
 STREAM_STATE = "IVS Stream State Change"
 RECORDING_STATE = "IVS Recording State Change"
@@ -52,7 +55,8 @@ def handle(session: Session, kalpla: Any, event: Any) -> str:
         return "ignored"
     channels = [r for r in event.get("resources") or [] if isinstance(r, str)
                 and ":channel/" in r]
-    live = service.by_channel(session, channels[0]) if channels else None
+    streams = _stream_ids(detail)
+    live = service.by_channel(session, channels[0], at, streams) if channels else None
     if live is None or service.PLUGIN not in kalpla.enabled_plugins(session,
                                                                      live.institution_id):
         return "ignored"
@@ -63,12 +67,23 @@ def handle(session: Session, kalpla: Any, event: Any) -> str:
         state = STATES.get(str(detail.get("event_name")))
         if state is None:
             return "unchanged"
+        if state == "live" and live.stream_id is None and streams:
+            live.stream_id = streams[0]
         return "applied" if service.apply_state(session, kalpla, live, state, at) else "unchanged"
-    if detail.get("recording_status") == "Recording End" and live.recording_location is None:
+    if detail.get("recording_status") == "Recording End" and live.recording_file_id is None:
         bucket, prefix = detail.get("recording_s3_bucket_name"), detail.get(
             "recording_s3_key_prefix")
-        if isinstance(bucket, str) and isinstance(prefix, str):
-            live.recording_location = f"s3://{bucket}/{prefix}"
+        location = recordings.parse_s3(f"s3://{bucket}/{prefix}") \
+            if isinstance(bucket, str) and isinstance(prefix, str) else None
+        if location is not None:
+            live.recording_location = live.recording_location or location.key
+            recordings.add_ivs(session, kalpla, live, location)
             session.flush()
             return "applied"
     return "unchanged"
+
+
+def _stream_ids(detail: dict[str, Any]) -> tuple[str, ...]:
+    """The streams an event is about: its ``stream_id``, and a recording's streams."""
+    ids = [detail.get("stream_id"), *(detail.get("recording_session_stream_ids") or [])]
+    return tuple(dict.fromkeys(i for i in ids if isinstance(i, str) and i))

@@ -19,6 +19,8 @@ STREAM_KEY_PURPOSE = "kalpla_streaming.stream_key"
 PLAYBACK_KEY_PURPOSE = "kalpla_streaming.playback_private_key"
 RTMP_TOKEN_PURPOSE = "kalpla_streaming.rtmp_playback_token"  # noqa: S105 (a label)
 RTMP_AUDIENCE = "kalpla-streaming"
+RECORDING_TOKEN_PURPOSE = "kalpla_streaming.recording_token"  # noqa: S105 (a label)
+RECORDING_AUDIENCE = "kalpla-streaming-recording"
 
 
 def new_stream_key() -> str:
@@ -95,5 +97,26 @@ def read_rtmp_token(secret_key: str, token: str) -> dict[str, Any] | None:
         return None
 
 
+def recording_token(secret_key: str, *, key: str, now: datetime, ttl: int) -> str:
+    """A link's token to a recording (a file's storage key): whoever holds it may fetch that
+    recording until it expires, as long as the file exists."""
+    claims = {"key": key, "aud": RECORDING_AUDIENCE, "iat": int(now.timestamp()),
+              "exp": int((now + timedelta(seconds=ttl)).timestamp())}
+    return jwt.encode(claims, derive_key(secret_key, RECORDING_TOKEN_PURPOSE), algorithm="HS256")
+
+
+def read_recording_token(secret_key: str, token: str) -> str | None:
+    """The storage key of a valid, unexpired recording token, else None."""
+    try:
+        claims = jwt.decode(token, derive_key(secret_key, RECORDING_TOKEN_PURPOSE),
+                            algorithms=["HS256"], audience=RECORDING_AUDIENCE,
+                            options={"require": ["exp", "key"]})
+    except jwt.PyJWTError:
+        return None
+    key = claims.get("key")
+    return key if isinstance(key, str) else None
+
+
 __all__ = ["InvalidToken", "KeyPair", "PlaybackToken", "ivs_token", "new_p384_key_pair",
-           "new_stream_key", "read_rtmp_token", "rtmp_token", "same_secret", "seal", "unseal"]
+           "new_stream_key", "read_recording_token", "read_rtmp_token", "recording_token",
+           "rtmp_token", "same_secret", "seal", "unseal"]

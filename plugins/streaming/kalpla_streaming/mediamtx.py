@@ -7,10 +7,13 @@ publish, read and playback, and lets the client in only on a 2xx answer. Kalpla 
 
 - ``publish`` on a session's path (``live/<id>``) with the session's stream key as password
   (or ``key``/``pass`` in the query), while the session is scheduled or live;
-- ``read`` (while scheduled or live) and ``playback`` of the recording (once ended) with a
-  playback token Kalpla signed for that session and viewer, unexpired, given as ``jwt`` or
-  ``token`` in the query, as the bearer token or as the password — and only while the
-  viewer may still watch (enrollment still active);
+- ``read`` (while scheduled or live) with a playback token Kalpla signed for the session on
+  that path and a viewer, unexpired, given as ``jwt`` or ``token`` in the query, as the
+  bearer token or as the password — and only while the viewer may still watch (enrollment
+  still active);
+- ``playback`` of a recording (the playback server's ``/get`` and ``/list``) with a recording
+  link's token (``rtmp-recording`` files' download URLs): for that path, for exactly the
+  window of the link when ``start`` is asked, and only while the file exists;
 - ``api`` to Kalpla itself only (user ``kalpla``, the hook secret as password: it
   disconnects the publisher of a stopped session);
 - nothing else (``metrics``, ``pprof``, unknown paths, sessions of institutions that
@@ -31,9 +34,15 @@ from urllib.parse import parse_qs
 
 from sqlalchemy.orm import Session
 
-from kalpla_core.toolkit import APIError, User
-from kalpla_streaming import service
-from kalpla_streaming.keys import STREAM_KEY_PURPOSE, read_rtmp_token, same_secret, unseal
+from kalpla_core.toolkit import APIError, User, find_file
+from kalpla_streaming import channels, recordings, service
+from kalpla_streaming.keys import (
+    STREAM_KEY_PURPOSE,
+    read_recording_token,
+    read_rtmp_token,
+    same_secret,
+    unseal,
+)
 from kalpla_streaming.providers.rtmp import API_USER
 
 
@@ -74,24 +83,25 @@ def authorize(session: Session, kalpla: Any, secret_key: str, req: AuthRequest,
         return _deny("the api is Kalpla's")
     if req.action not in ("publish", "read", "playback"):
         return _deny(f"action {req.action!r} is not served")
-    live = service.by_path(session, req.path.strip("/"))
+    query = _query(req)
+    if req.action == "playback":
+        return _recording(session, secret_key, req, query)
+    live = service.by_path(session, req.path.strip("/"), now)
     if live is None or live.provider != "rtmp":
         return _deny("unknown path")
     if service.PLUGIN not in kalpla.enabled_plugins(session, live.institution_id):
         return _deny("plugin not enabled")
-    query = _query(req)
     if req.action == "publish":
-        if live.status not in ("scheduled", "live") or live.stream_key_encrypted is None:
+        key = channels.target(session, live).stream_key_encrypted
+        if live.status not in ("scheduled", "live") or key is None:
             return _deny(f"session is {live.status}")
-        expected = unseal(secret_key, STREAM_KEY_PURPOSE, live.stream_key_encrypted)
+        expected = unseal(secret_key, STREAM_KEY_PURPOSE, key)
         given = [req.password, query.get("key", ""), query.get("pass", "")]
         if any(same_secret(g, expected) for g in given):
             return Verdict(True, "publisher")
         return _deny("wrong stream key")
-    if req.action == "read" and live.status not in ("scheduled", "live"):
+    if live.status not in ("scheduled", "live"):
         return _deny(f"session is {live.status}")
-    if req.action == "playback" and live.status != "ended":
-        return _deny("no recording yet")
     for candidate in (query.get("jwt"), query.get("token"), req.token, req.password):
         claims = read_rtmp_token(secret_key, candidate) if candidate else None
         if claims is None or claims.get("sid") != live.id:
@@ -105,6 +115,22 @@ def authorize(session: Session, kalpla: Any, secret_key: str, req: AuthRequest,
     return _deny("no valid playback token")
 
 
+def _recording(session: Session, secret_key: str, req: AuthRequest,
+               query: dict[str, str]) -> Verdict:
+    """A recording link's token, for its path and (when asked) its window, file existing."""
+    for candidate in (query.get("jwt"), query.get("token"), req.token, req.password):
+        key = read_recording_token(secret_key, candidate) if candidate else None
+        window = recordings.parse_rtmp(key) if key else None
+        if key is None or window is None or window.path != req.path.strip("/"):
+            continue
+        if "start" in query and not window.matches(query.get("start"), query.get("duration")):
+            return _deny("another window of the recording")
+        if find_file(session, provider=recordings.RTMP_STORAGE, storage_key=key) is None:
+            return _deny("the recording's file is gone")
+        return Verdict(True, "recording")
+    return _deny("no valid recording token")
+
+
 def event_id(event: str, path: str, occurred_at: datetime, source_id: str | None) -> str:
     """A stable id for a notification, so a repeated post is recognised."""
     raw = f"{event}|{path}|{source_id or ''}|{occurred_at.isoformat()}"
@@ -115,7 +141,7 @@ def notify(session: Session, kalpla: Any, event: str, path: str, occurred_at: da
            source_id: str | None = None) -> bool | None:
     """Apply a ready/not-ready notification; None for an unknown path, False for a repeat or
     a notification that changed nothing."""
-    live = service.by_path(session, path.strip("/"))
+    live = service.by_path(session, path.strip("/"), occurred_at)
     if live is None or live.provider != "rtmp":
         return None
     if service.PLUGIN not in kalpla.enabled_plugins(session, live.institution_id):

@@ -6,7 +6,8 @@ import json
 import logging
 from typing import Any
 
-from flask import current_app, request
+from botocore.exceptions import BotoCoreError, ClientError
+from flask import Response, current_app, request
 from flask.views import MethodView
 
 from kalpla_core.toolkit import (
@@ -17,6 +18,7 @@ from kalpla_core.toolkit import (
     current_institution,
     current_user,
     db_session,
+    find_file,
     kalpla,
     page_of,
     page_response,
@@ -24,8 +26,8 @@ from kalpla_core.toolkit import (
     plugin_settings,
     utcnow,
 )
-from kalpla_streaming import attendance, ivs_events, mediamtx, service, sns
-from kalpla_streaming.keys import same_secret
+from kalpla_streaming import attendance, hls, ivs_events, mediamtx, recordings, service, sns
+from kalpla_streaming.keys import read_recording_token, same_secret
 from kalpla_streaming.models import LiveSession
 from kalpla_streaming.providers import PORT, ProviderContext, StreamingProvider
 from kalpla_streaming.schemas import (
@@ -35,6 +37,7 @@ from kalpla_streaming.schemas import (
     MediaMTXAuthSchema,
     MediaMTXEventSchema,
     PlaybackGrantSchema,
+    RecordingArgs,
     StaffLiveSessionSchema,
     StreamingHookResultSchema,
     UpcomingArgs,
@@ -151,14 +154,15 @@ class PlaybackView(MethodView):
     @blp.doc(security=[{"bearer": []}])
     def post(self, session_id: str) -> Any:
         """A playback URL with a short-lived token bound to me (students with an active
-        enrollment, the course's staff, admins)."""
+        enrollment, the course's staff, admins); once the session has ended, a link to its
+        recording (``recording_file_id``, a file of the lesson; 409 until there is one)."""
         user = current_user()
         assert user is not None
         live = _session(session_id)
         service.require_viewer(db_session(), kalpla(), user, live)
         result = service.playback(_ctx(live), _provider(live), live, user)
-        return {"url": result.url, "token": result.token.token,
-                "expires_at": result.token.expires_at}
+        return {"url": result.url, "token": result.token.token if result.token else None,
+                "expires_at": result.until, "recording_file_id": result.recording_file_id}
 
 
 @blp.route("/sessions/<session_id>/heartbeat")
@@ -188,6 +192,41 @@ class AttendanceList(MethodView):
 
         return page_response(paginate(db_session(), attendance.attendance_query(live),
                                       [(Attendance.id, "asc")], args["limit"], args["cursor"]))
+
+
+# --- recordings in the IVS bucket ---------------------------------------------------------------
+
+HLS_BODY = {"application/vnd.apple.mpegurl": {"schema": {"type": "string"}}}
+
+
+@blp.route("/recordings/<path:name>")
+@any_institution
+class RecordingPlaylist(MethodView):
+    @blp.arguments(RecordingArgs, location="query")
+    @blp.doc(responses={"200": {"description": "The playlist, every URI in it a link",
+                                "content": HLS_BODY}})
+    def get(self, args: dict[str, Any], name: str) -> Any:
+        """A playlist of an Amazon IVS recording (a lesson's ``ivs-recording`` file), through
+        the signed link its download URL is: the renditions' playlists it names are signed
+        links to this route, its segments presigned S3 URLs. 403 when the link is altered or
+        expired, 404 once the file is deleted."""
+        key = read_recording_token(kalpla().settings.secret_key, args["token"])
+        if key is None:
+            raise APIError(403, "The link is not valid or has expired.", "forbidden")
+        if not hls.is_playlist_name(name) or find_file(
+                db_session(), provider=recordings.IVS_STORAGE, storage_key=key) is None:
+            raise APIError(404, "There is no such recording.", "not-found")
+        storage = kalpla().providers.get("storage", recordings.IVS_STORAGE, current_app)
+        try:
+            text = storage.playlist(key, name)
+        except LookupError:
+            raise APIError(404, "There is no such recording.", "not-found") from None
+        except (ClientError, BotoCoreError, hls.PlaylistError) as exc:
+            log.warning("recording playlist %s not served: %s", name, exc)
+            raise APIError(502, "The recording cannot be read.",
+                           "streaming-provider-error") from None
+        return Response(text, mimetype="application/vnd.apple.mpegurl",
+                        headers={"Cache-Control": "private, no-store"})
 
 
 # --- MediaMTX callbacks -----------------------------------------------------------------------

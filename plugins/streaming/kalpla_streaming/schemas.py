@@ -21,22 +21,26 @@ class LiveSessionSchema(Schema):
     scheduled_end = fields.DateTime(dump_only=True)
     started_at = fields.DateTime(dump_only=True, allow_none=True)
     ended_at = fields.DateTime(dump_only=True, allow_none=True)
+    recording_file_id = fields.String(dump_only=True, allow_none=True, metadata={
+        "description": "The recording, a file of the lesson (GET /files/{id}/download), "
+                       "once the stream has ended and the recording is written"})
     has_recording = fields.Method("_has_recording", dump_only=True)
 
     def _has_recording(self, obj: object) -> bool:
         if isinstance(obj, dict):
             return bool(obj.get("has_recording"))
-        return getattr(obj, "recording_location", None) is not None
+        return getattr(obj, "recording_file_id", None) is not None
 
 
 PUBLIC_FIELDS = ("id", "lesson_id", "course_id", "title", "status", "provider",
-                 "scheduled_start", "scheduled_end", "started_at", "ended_at")
+                 "scheduled_start", "scheduled_end", "started_at", "ended_at",
+                 "recording_file_id")
 
 
 def public_view(live: object) -> dict[str, object]:
     """The session's fields everyone who may see it sees (the staff schema omits the rest)."""
     return {**{name: getattr(live, name) for name in PUBLIC_FIELDS},
-            "has_recording": getattr(live, "recording_location", None) is not None}
+            "has_recording": getattr(live, "recording_file_id", None) is not None}
 
 
 class StaffLiveSessionSchema(LiveSessionSchema):
@@ -62,8 +66,15 @@ class IngestGrantSchema(Schema):
 
 class PlaybackGrantSchema(Schema):
     url = fields.String(dump_only=True, metadata={"description": "Playback URL, token included"})
-    token = fields.String(dump_only=True)
+    token = fields.String(dump_only=True, allow_none=True, metadata={
+        "description": "The live stream's token bound to the viewer (null for a recording)"})
     expires_at = fields.DateTime(dump_only=True)
+    recording_file_id = fields.String(dump_only=True, allow_none=True, metadata={
+        "description": "Set once the session has ended: the URL is its recording's"})
+
+
+class RecordingArgs(Schema):
+    token = fields.String(required=True, validate=validate.Length(1, 2000))
 
 
 class AttendeeSchema(Schema):

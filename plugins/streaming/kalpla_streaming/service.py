@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import exists, or_, select
@@ -27,12 +27,14 @@ from kalpla_core.toolkit import (
     Lesson,
     User,
     can_read_lesson,
+    file_download_url,
     has_seat,
+    plugin_settings,
     serialise_writes,
 )
-from kalpla_streaming import attendance
+from kalpla_streaming import attendance, channels, recordings
 from kalpla_streaming.keys import STREAM_KEY_PURPOSE, unseal
-from kalpla_streaming.models import OPEN_STATUSES, LiveSession, ProcessedEvent
+from kalpla_streaming.models import OPEN_STATUSES, Channel, LiveSession, ProcessedEvent
 from kalpla_streaming.providers import Playback, ProviderContext, StreamingProvider
 from kalpla_streaming.providers.rtmp import publish_url
 
@@ -158,11 +160,27 @@ def _open(live: LiveSession) -> None:
                        "session-closed")
 
 
-def _ingest(ctx: ProviderContext, live: LiveSession) -> Ingest:
-    assert live.ingest_endpoint is not None and live.stream_key_encrypted is not None
-    key = unseal(ctx.secret_key, STREAM_KEY_PURPOSE, live.stream_key_encrypted)
-    url = publish_url(live, key) if live.provider == "rtmp" else None
-    return Ingest(live.ingest_endpoint, key, url)
+def _ingest(ctx: ProviderContext, live: LiveSession, channel: LiveSession | Channel) -> Ingest:
+    assert channel.ingest_endpoint is not None and channel.stream_key_encrypted is not None
+    key = unseal(ctx.secret_key, STREAM_KEY_PURPOSE, channel.stream_key_encrypted)
+    url = publish_url(channel.ingest_endpoint, key) if live.provider == "rtmp" else None
+    return Ingest(channel.ingest_endpoint, key, url)
+
+
+def _channel(ctx: ProviderContext, provider: StreamingProvider,
+             live: LiveSession) -> LiveSession | Channel:
+    """Where the session broadcasts, made on first use: its own channel, or — with
+    ``channel_scope`` "course", for a session without a channel of its own — its course's,
+    which the session claims (409 while another session of the course is live on it)."""
+    own = live.channel_id is None and (live.ingest_endpoint is not None
+                                       or not channels.course_scope(ctx.settings))
+    if own:
+        provider.open_channel(ctx, live)
+        return live
+    channel = channels.course_channel(ctx.session, live)
+    provider.open_channel(ctx, channel)
+    channels.claim(ctx.session, live, channel, ctx.now)
+    return channel
 
 
 def broadcast(ctx: ProviderContext, provider: StreamingProvider, live: LiveSession) -> Ingest:
@@ -170,45 +188,62 @@ def broadcast(ctx: ProviderContext, provider: StreamingProvider, live: LiveSessi
     locked first, so two first broadcasts at once make one channel, not two."""
     live = lock(ctx.session, live.id)
     _open(live)
-    provider.open_channel(ctx, live)
+    channel = _channel(ctx, provider, live)
     ctx.session.flush()
-    return _ingest(ctx, live)
+    return _ingest(ctx, live, channel)
 
 
 def rotate_key(ctx: ProviderContext, provider: StreamingProvider, live: LiveSession) -> Ingest:
     live = lock(ctx.session, live.id)
     _open(live)
-    provider.open_channel(ctx, live)
-    provider.rotate_key(ctx, live)
+    channel = _channel(ctx, provider, live)
+    provider.rotate_key(ctx, channel)
     ctx.session.flush()
-    return _ingest(ctx, live)
+    return _ingest(ctx, live, channel)
 
 
 def stop(ctx: ProviderContext, kalpla: Any, provider: StreamingProvider,
          live: LiveSession) -> LiveSession:
-    """End the session now (the provider stops the stream); stopping again changes nothing."""
+    """End the session now (the provider stops the stream, if the session is the one on its
+    channel); stopping again changes nothing."""
     live = lock(ctx.session, live.id)
     if live.status == "cancelled":
         raise APIError(409, "The session was cancelled.", "session-closed")
     if live.status == "ended":
         return live
-    if live.ingest_endpoint is not None:
-        provider.stop(ctx, live)
+    if live.ingest_endpoint is not None and channels.holds(ctx.session, live):
+        provider.stop(ctx, channels.target(ctx.session, live))
     apply_state(ctx.session, kalpla, live, "ended", ctx.now)
     return live
 
 
 def playback(ctx: ProviderContext, provider: StreamingProvider, live: LiveSession,
              viewer: User) -> Playback:
-    """A playback URL and token bound to the viewer; recorded as a join."""
+    """A playback URL and token bound to the viewer — once the session has ended, a link to
+    its recording; recorded as a join."""
     if live.status == "cancelled":
         raise APIError(409, "The session was cancelled.", "session-closed")
-    if live.ingest_endpoint is None:
+    if live.status == "ended":
+        result = _recording(ctx, live)
+    elif live.ingest_endpoint is None:
         raise APIError(409, "The session has not been set up for broadcasting yet.",
                        "not-broadcasting")
-    result = provider.playback(ctx, live, viewer.id)
+    elif not channels.holds(ctx.session, live):
+        raise APIError(409, "Another session of this course is on the course's channel; "
+                       "this one is not on air yet.", "not-on-air")
+    else:
+        result = provider.playback(ctx, live, channels.target(ctx.session, live), viewer.id)
     attendance.join(ctx.session, live, viewer.id, ctx.now)
     return result
+
+
+def _recording(ctx: ProviderContext, live: LiveSession) -> Playback:
+    """The ended session's recording: a link to its file (a resource of the lesson)."""
+    if live.recording_file_id is None:
+        raise APIError(409, "The session has ended and its recording is not available (yet).",
+                       "recording-not-ready")
+    url, seconds = file_download_url(ctx.session, live.recording_file_id)
+    return Playback(url, None, ctx.now + timedelta(seconds=seconds), live.recording_file_id)
 
 
 # --- status changes ---------------------------------------------------------------------------
@@ -235,8 +270,19 @@ def apply_state(session: Session, kalpla: Any, live: LiveSession, state: str,
     if changed:
         session.flush()
         if live.status == "ended":
+            if live.provider == "rtmp":
+                _record_rtmp(session, live)
             attendance.complete_all(session, kalpla, live)
     return changed
+
+
+def _record_rtmp(session: Session, live: LiveSession) -> None:
+    """An ended self-hosted session's recording becomes a resource of its lesson (once both
+    its start and end are known, whichever event came last)."""
+    settings = plugin_settings(PLUGIN, live.institution_id, session=session)
+    path = channels.target(session, live).rtmp_path
+    if settings is not None and path is not None:
+        recordings.add_rtmp(session, live, path, settings)
 
 
 def first_time(session: Session, source: str, event_id: str, kind: str, occurred_at: datetime,
@@ -266,9 +312,31 @@ def lock(session: Session, live_id: str) -> LiveSession:
     return found
 
 
-def by_channel(session: Session, channel_arn: str) -> LiveSession | None:
-    return session.scalar(select(LiveSession).where(LiveSession.channel_arn == channel_arn))
+def by_channel(session: Session, channel_arn: str, at: datetime,
+               stream_ids: tuple[str, ...] = ()) -> LiveSession | None:
+    """The session an IVS event of ``channel_arn`` at ``at`` is about: the channel's own
+    session, or on a course's channel the session whose stream it carries, else the one
+    holding the channel then."""
+    live = session.scalar(select(LiveSession).where(LiveSession.channel_arn == channel_arn))
+    if live is not None:
+        return live
+    channel = session.scalar(select(Channel).where(Channel.channel_arn == channel_arn))
+    if channel is None:
+        return None
+    if stream_ids:
+        found = session.scalar(select(LiveSession).where(
+            LiveSession.channel_id == channel.id, LiveSession.stream_id.in_(stream_ids))
+            .limit(1))
+        if found is not None:
+            return found
+    return channels.session_at(session, channel, at)
 
 
-def by_path(session: Session, path: str) -> LiveSession | None:
-    return session.scalar(select(LiveSession).where(LiveSession.rtmp_path == path))
+def by_path(session: Session, path: str, at: datetime) -> LiveSession | None:
+    """The session on a media server path at ``at``: the path's own session, or the one
+    holding the course's path then."""
+    live = session.scalar(select(LiveSession).where(LiveSession.rtmp_path == path))
+    if live is not None:
+        return live
+    channel = session.scalar(select(Channel).where(Channel.rtmp_path == path))
+    return channels.session_at(session, channel, at) if channel is not None else None

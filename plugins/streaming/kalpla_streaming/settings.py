@@ -18,6 +18,11 @@ class StreamingSettings(Schema):
     """What an institution chooses when it enables the plugin."""
 
     provider = fields.String(load_default="rtmp", validate=validate.OneOf(("rtmp", "ivs")))
+    channel_scope = fields.String(
+        load_default="session", validate=validate.OneOf(("session", "course")),
+        metadata={"description": "session: a channel (rtmp: path and key) per live session; "
+                  "course: one per course, shared by its sessions, one of them live at a "
+                  "time (for sessions set up from now on)"})
     attendance_percent = fields.Integer(load_default=60, validate=validate.Range(1, 100),
                                         metadata={"description": "Share of the live time a "
                                                   "student must watch to complete the lesson"})
@@ -31,6 +36,9 @@ class StreamingSettings(Schema):
                                        validate=validate.Regexp(r"^https?://[^\s?#]+$"),
                                        metadata={"description": "MediaMTX's playback server "
                                                  "(recordings)"})
+    rtmp_record = fields.Boolean(load_default=True, metadata={
+        "description": "MediaMTX records the live paths (record: yes): an ended session's "
+                       "recording becomes a resource of its lesson"})
     rtmp_api_url = fields.String(load_default=None, allow_none=True,
                                  validate=validate.Regexp(r"^https?://[^\s?#]+$"),
                                  metadata={"description": "MediaMTX's control API: when set, "

@@ -173,14 +173,17 @@ def test_mentor_broadcasts_students_watch_events_move_the_session(s, stub, serve
     live = s.live()
     assert (live.status, live.started_at, live.ended_at) == ("ended", start, end)
 
-    # The recording's place, once it is written.
-    ok(_eventbridge(s, recording_event(arn, end + timedelta(minutes=1), BUCKET,
-                                       "ivs/v1/123456789012/AbCd/2026/11/26/12/0/rec1")))
-    assert s.live().recording_location == \
-        f"s3://{BUCKET}/ivs/v1/123456789012/AbCd/2026/11/26/12/0/rec1"
-    assert ok(s.get(f"/sessions/{s.session_id}", s.enrolled))["has_recording"] is True
+    # The recording cannot be read in S3 (unreachable here): the event is refused, so that
+    # it comes again, and nothing of it is kept; until then there is no recording to play.
+    recorded = recording_event(arn, end + timedelta(minutes=1), BUCKET,
+                               "ivs/v1/123456789012/AbCd/2026/11/26/12/0/rec1")
+    assert problem(_eventbridge(s, recorded), 503)["type"] == \
+        "urn:kalpla:problem:recording-unavailable"
+    live = s.live()
+    assert live.recording_location is None and live.recording_file_id is None
+    assert ok(s.get(f"/sessions/{s.session_id}", s.enrolled))["has_recording"] is False
     assert problem(s.post(f"/sessions/{s.session_id}/playback", s.enrolled), 409)["type"] == \
-        "urn:kalpla:problem:stream-ended"
+        "urn:kalpla:problem:recording-not-ready"
     stub.assert_no_pending_responses()
 
 

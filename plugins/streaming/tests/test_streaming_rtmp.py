@@ -3,6 +3,7 @@ authentication and notifications as the media server makes them, attendance."""
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import timedelta
 from typing import Any
@@ -441,14 +442,96 @@ def test_after_the_end_playback_is_the_recording(s):
     start = utcnow().replace(microsecond=0) - timedelta(hours=1)
     ok(_notify(s, "ready", start))
     ok(_notify(s, "not_ready", start + timedelta(minutes=45)))
+    session = ok(s.get(f"/sessions/{s.session_id}", s.enrolled))
+    file_id = session["recording_file_id"]
+    assert file_id and session["has_recording"] is True
     body = ok(s.post(f"/sessions/{s.session_id}/playback", s.enrolled))
+    assert body["recording_file_id"] == file_id and body["token"] is None
+    # The recording is the playback server's window of the session, from start to end.
     url = urlparse(body["url"])
-    assert f"{url.scheme}://{url.netloc}{url.path}" == "http://localhost:9996/list"
-    assert parse_qs(url.query) == {"path": [f"live/{s.session_id}"], "jwt": [body["token"]]}
+    assert f"{url.scheme}://{url.netloc}{url.path}" == "http://localhost:9996/get"
+    query = parse_qs(url.query)
+    jwt_value = query.pop("jwt")[0]
+    assert query == {"path": [f"live/{s.session_id}"], "start": [start.strftime(
+        "%Y-%m-%dT%H:%M:%SZ")], "duration": ["2700"], "format": ["mp4"]}
     assert _auth(s, "playback", query=url.query).status_code == 200
-    assert _auth(s, "playback", query=f"jwt={live_token}").status_code == 200
-    assert _auth(s, "read", query=f"jwt={body['token']}").status_code == 403
+    # The playback server's list of the path, with the link's token.
+    assert _auth(s, "playback", query=f"path=live/{s.session_id}&jwt={jwt_value}") \
+        .status_code == 200
+    # Another window, another path, a live viewer's token: refused.
+    other = url.query.replace("duration=2700", "duration=9000")
+    assert _auth(s, "playback", query=other).status_code == 403
+    assert _auth(s, "playback", path="live/elsewhere", query=url.query).status_code == 403
+    assert _auth(s, "playback", query=f"jwt={live_token}").status_code == 403
+    assert _auth(s, "read", query=f"jwt={jwt_value}").status_code == 403
     problem(s.post(f"/sessions/{s.session_id}/playback", s.student), 403)
+
+    # The same link comes from the core's download of the file, for whoever reads the lesson.
+    meta = ok(s.client.get(f"/api/v1/files/{file_id}", headers=s.auth(s.enrolled)))
+    assert (meta["filename"], meta["content_type"], meta["purpose"], meta["lesson_id"]) == \
+        ("Recording — Live Q&A.mp4", "video/mp4", "resource", s.lesson_id)
+    link = ok(s.client.get(f"/api/v1/files/{file_id}/download", headers=s.auth(s.enrolled)))
+    assert link["url"].startswith("http://localhost:9996/get?") and link["expires_in"] == 3600
+    problem(s.client.get(f"/api/v1/files/{file_id}/download", headers=s.auth(s.student)), 403)
+    problem(s.client.get(f"/api/v1/files/{file_id}/download", headers=s.auth(None)), 401)
+    # A student of another institution: refused (the core's file routes answer 403 here).
+    assert s.client.get(f"/api/v1/files/{file_id}/download",
+                        headers=s.auth(s.outsider)).status_code in (403, 404)
+
+    # Repeated notifications make no second file; deleting the file ends its links.
+    ok(_notify(s, "not_ready", start + timedelta(minutes=45)))
+    assert s.live().recording_file_id == file_id
+    etag = {"If-Match": s.client.get(f"/api/v1/files/{file_id}",
+                                     headers=s.auth(s.instructor)).headers.get("ETag", "*")}
+    r = s.client.delete(f"/api/v1/files/{file_id}", headers={**s.auth(s.instructor), **etag})
+    assert r.status_code == 204, r.get_data(as_text=True)
+    assert _auth(s, "playback", query=url.query).status_code == 403
+    assert s.live().recording_file_id is None
+
+
+def test_no_recording_when_the_institution_does_not_record(make_app):
+    s = school(make_app, "rtmp", {"rtmp_record": False})
+    ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
+    start = utcnow().replace(microsecond=0) - timedelta(hours=1)
+    ok(_notify(s, "ready", start))
+    ok(_notify(s, "not_ready", start + timedelta(minutes=30)))
+    assert problem(s.post(f"/sessions/{s.session_id}/playback", s.enrolled), 409)["type"] == \
+        "urn:kalpla:problem:recording-not-ready"
+
+
+def test_a_recording_found_once_both_ends_are_known(s):
+    """An end that comes before the start: the recording is made when the start comes."""
+    ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
+    start = utcnow().replace(microsecond=0) - timedelta(hours=1)
+    ok(_notify(s, "not_ready", start + timedelta(minutes=20)))
+    assert s.live().recording_file_id is None
+    ok(_notify(s, "ready", start))
+    assert s.live().recording_file_id is not None
+
+
+def test_the_recording_is_stated_from_the_playback_servers_list(make_app):
+    from kalpla_streaming.providers.storage import RTMPRecordingStorage
+    from kalpla_streaming.recordings import Window
+    from streaming_aws import local_server
+
+    with local_server() as server:
+        s = school(make_app, "rtmp", {"rtmp_recording_url": server.base})
+        start = utcnow().replace(microsecond=0) - timedelta(hours=2)
+        server.files["/list"] = json.dumps([
+            {"start": (start - timedelta(minutes=5)).isoformat(), "duration": 600.0,
+             "url": f"{server.base}/get?x"}]).encode()
+        storage = RTMPRecordingStorage(s.app)
+        recorded = Window(server.base, f"live/{s.session_id}", start, 1200)
+        found = storage.stat(recorded.key)
+        assert found is not None and found.content_type == "video/mp4"
+        # The playback server is asked with a token the auth callback takes for the list.
+        asked = parse_qs(urlparse(server.requests[-1]).query)
+        assert asked["path"] == [f"live/{s.session_id}"]
+        assert storage.stat(Window(server.base, f"live/{s.session_id}",
+                                   start + timedelta(hours=1), 600).key) is None
+        assert storage.stat("not-a-recording-key") is None
+        del server.files["/list"]  # MediaMTX answers 404 for a path without recordings
+        assert storage.stat(recorded.key) is None
 
 
 def test_concurrent_first_broadcasts_share_one_key(s):

@@ -1,4 +1,5 @@
-"""Amazon IVS: a private (authorized), low-latency channel per session.
+"""Amazon IVS: a private (authorized), low-latency channel per session (or per course, with
+``channel_scope`` "course").
 
 Per institution, once: a P-384 key pair generated here, its public half imported into IVS
 (``ImportPlaybackKeyPair``) and its private half kept encrypted; with ``ivs_recording_bucket``
@@ -34,8 +35,8 @@ from kalpla_streaming.keys import (
     seal,
     unseal,
 )
-from kalpla_streaming.models import LiveSession, PlaybackKeyPair
-from kalpla_streaming.providers import Playback, ProviderContext
+from kalpla_streaming.models import Channel, LiveSession, PlaybackKeyPair
+from kalpla_streaming.providers import ChannelRow, Playback, ProviderContext
 
 log = logging.getLogger("kalpla_streaming.ivs")
 
@@ -161,7 +162,7 @@ class IVSProvider:
 
     # --- the port -------------------------------------------------------------------------
 
-    def open_channel(self, ctx: ProviderContext, live: LiveSession) -> None:
+    def open_channel(self, ctx: ProviderContext, live: ChannelRow) -> None:
         if live.channel_arn is not None and live.stream_key_encrypted is not None:
             return
         before = {name: getattr(live, name) for name in CHANNEL_FIELDS}
@@ -169,9 +170,8 @@ class IVSProvider:
         try:
             keys = self._keys(ctx, live.institution_id, undo)
             params: dict[str, Any] = {
-                "name": f"kalpla-{live.id}", "latencyMode": "LOW", "authorized": True,
-                "type": ctx.settings.get("ivs_channel_type", "STANDARD"),
-                "tags": {"kalpla:session": live.id, "kalpla:institution": live.institution_id}}
+                "latencyMode": "LOW", "authorized": True,
+                "type": ctx.settings.get("ivs_channel_type", "STANDARD"), **_naming(live)}
             if keys.recording_configuration_arn:
                 params["recordingConfigurationArn"] = keys.recording_configuration_arn
             out = self._call(ctx, "create_channel", **params)
@@ -192,7 +192,7 @@ class IVSProvider:
             self._undo(ctx, undo)
             raise
 
-    def rotate_key(self, ctx: ProviderContext, live: LiveSession) -> None:
+    def rotate_key(self, ctx: ProviderContext, live: ChannelRow) -> None:
         """IVS keeps one stream key per channel: delete the old, create a new one."""
         listed = self._call(ctx, "list_stream_keys", channelArn=live.channel_arn)
         for old in listed.get("streamKeys", []):
@@ -202,40 +202,42 @@ class IVSProvider:
         live.stream_key_arn = key["arn"]
         live.stream_key_encrypted = seal(ctx.secret_key, STREAM_KEY_PURPOSE, key["value"])
 
-    def stop(self, ctx: ProviderContext, live: LiveSession) -> None:
+    def stop(self, ctx: ProviderContext, live: ChannelRow) -> None:
         self._call(ctx, "stop_stream", channelArn=live.channel_arn,
                    ignore=frozenset({"ChannelNotBroadcasting"}))
 
-    def playback(self, ctx: ProviderContext, live: LiveSession, viewer_id: str) -> Playback:
-        assert live.channel_arn is not None and live.playback_url is not None
-        if live.status == "ended":
-            # The channel serves only the live stream; the recording is in S3.
-            raise APIError(409, "The live stream has ended; its recording is not served "
-                           "through IVS playback.", "stream-ended")
+    def playback(self, ctx: ProviderContext, live: LiveSession, channel: ChannelRow,
+                 viewer_id: str) -> Playback:
+        """The live stream only: an ended session's recording is a file of its lesson."""
+        assert channel.channel_arn is not None and channel.playback_url is not None
         keys = ctx.session.scalar(select(PlaybackKeyPair).where(
             PlaybackKeyPair.institution_id == live.institution_id))
         assert keys is not None  # made with the channel
         private = unseal(ctx.secret_key, PLAYBACK_KEY_PURPOSE, keys.private_key_encrypted)
-        token = ivs_token(private, channel_arn=live.channel_arn, viewer_id=viewer_id,
+        token = ivs_token(private, channel_arn=channel.channel_arn, viewer_id=viewer_id,
                           allowed_origin=ctx.settings.get("ivs_allowed_origin", "*"),
                           now=ctx.now, ttl=int(ctx.settings["playback_token_ttl"]))
-        return Playback(f"{live.playback_url}?token={quote(token.token)}", token)
+        return Playback(f"{channel.playback_url}?token={quote(token.token)}", token)
 
 
     def prune_channels(self, ctx: ProviderContext, *, dry_run: bool = False) -> list[str]:
-        """Delete the channels Kalpla made (tagged ``kalpla:session``) whose session is gone
-        (its lesson or course was deleted) or cancelled; returns their ARNs. Channels of
-        sessions that still exist are kept, even before their creation was committed."""
+        """Delete the channels Kalpla made whose session is gone (its lesson or course was
+        deleted) or cancelled (tagged ``kalpla:session``), or whose course is gone (tagged
+        ``kalpla:channel``); returns their ARNs. Channels of sessions and courses that still
+        exist are kept, even before their creation was committed."""
         pruned: list[str] = []
         token: str | None = None
         while True:
             page = self._call(ctx, "list_channels", **({"nextToken": token} if token else {}))
             for channel in page.get("channels", []):
-                session_id = (channel.get("tags") or {}).get("kalpla:session")
-                if session_id is None:
+                tags = channel.get("tags") or {}
+                session_id, channel_id = tags.get("kalpla:session"), tags.get("kalpla:channel")
+                live = ctx.session.get(LiveSession, session_id) if session_id else None
+                if session_id is None and channel_id is None:
                     continue  # not ours
-                live = ctx.session.get(LiveSession, session_id)
-                if live is not None and live.status != "cancelled":
+                if session_id is not None and live is not None and live.status != "cancelled":
+                    continue
+                if channel_id is not None and ctx.session.get(Channel, channel_id) is not None:
                     continue
                 pruned.append(channel["arn"])
                 if dry_run:
@@ -248,6 +250,16 @@ class IVSProvider:
             token = page.get("nextToken")
             if not token:
                 return pruned
+
+
+def _naming(channel: ChannelRow) -> dict[str, Any]:
+    """The IVS channel's name and tags: a session's own, or its course's."""
+    if isinstance(channel, Channel):
+        return {"name": f"kalpla-course-{channel.course_id}",
+                "tags": {"kalpla:channel": channel.id, "kalpla:course": channel.course_id,
+                         "kalpla:institution": channel.institution_id}}
+    return {"name": f"kalpla-{channel.id}",
+            "tags": {"kalpla:session": channel.id, "kalpla:institution": channel.institution_id}}
 
 
 def _verb(operation: str) -> str:

@@ -1,12 +1,13 @@
 """Self-hosted provider: a media server (MediaMTX) that asks Kalpla who may publish and read.
 
-Each session gets the path ``live/<session id>`` and a stream key issued by Kalpla. The
-instructor publishes to ``<rtmp_ingest_url>/live/<id>`` with the key as password (MediaMTX
-reads ``?user=…&pass=…`` on RTMP); viewers read ``<rtmp_playback_url>/live/<id>/index.m3u8``
-with a signed, expiring token in the query (``?jwt=…``), and once the session has ended its
-recording from the playback server (``<rtmp_recording_url>/list?path=live/<id>&jwt=…``). The
-media server's
-``authHTTPAddress`` callback (``kalpla_streaming.mediamtx``) checks both.
+Each session (or, with ``channel_scope`` "course", each course) gets the path
+``live/<id>`` and a stream key issued by Kalpla. The instructor publishes to
+``<rtmp_ingest_url>/live/<id>`` with the key as password (MediaMTX reads ``?user=…&pass=…``
+on RTMP); viewers read ``<rtmp_playback_url>/live/<id>/index.m3u8`` with a signed, expiring
+token of the session in the query (``?jwt=…``). Once the session has ended, its recording is
+a file of the lesson served by the playback server (``rtmp-recording``, see
+:mod:`kalpla_streaming.providers.storage`). The media server's ``authHTTPAddress`` callback
+(``kalpla_streaming.mediamtx``) checks all of them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from urllib.parse import quote
 from kalpla_core.toolkit import APIError
 from kalpla_streaming.keys import STREAM_KEY_PURPOSE, new_stream_key, rtmp_token, seal
 from kalpla_streaming.models import LiveSession
-from kalpla_streaming.providers import Playback, ProviderContext
+from kalpla_streaming.providers import ChannelRow, Playback, ProviderContext
 
 PUBLISH_USER = "kalpla"
 API_USER = "kalpla"
@@ -30,56 +31,56 @@ API_TIMEOUT = 5
 log = logging.getLogger("kalpla_streaming.rtmp")
 
 
-def path_of(live: LiveSession) -> str:
-    return f"live/{live.id}"
+def path_of(channel: ChannelRow) -> str:
+    return f"live/{channel.id}"
 
 
 class RTMPProvider:
     name = "rtmp"
 
-    def open_channel(self, ctx: ProviderContext, live: LiveSession) -> None:
-        if live.rtmp_path is not None and live.stream_key_encrypted is not None:
+    def open_channel(self, ctx: ProviderContext, channel: ChannelRow) -> None:
+        if channel.rtmp_path is not None and channel.stream_key_encrypted is not None:
             return
-        path = path_of(live)
-        live.rtmp_path = path
-        live.ingest_endpoint = f"{ctx.settings['rtmp_ingest_url'].rstrip('/')}/{path}"
-        live.playback_url = f"{ctx.settings['rtmp_playback_url'].rstrip('/')}/{path}/index.m3u8"
-        live.stream_key_encrypted = seal(ctx.secret_key, STREAM_KEY_PURPOSE, new_stream_key())
+        path = path_of(channel)
+        channel.rtmp_path = path
+        channel.ingest_endpoint = f"{ctx.settings['rtmp_ingest_url'].rstrip('/')}/{path}"
+        channel.playback_url = (f"{ctx.settings['rtmp_playback_url'].rstrip('/')}/{path}"
+                                f"/index.m3u8")
+        channel.stream_key_encrypted = seal(ctx.secret_key, STREAM_KEY_PURPOSE,
+                                            new_stream_key())
 
-    def rotate_key(self, ctx: ProviderContext, live: LiveSession) -> None:
-        live.stream_key_encrypted = seal(ctx.secret_key, STREAM_KEY_PURPOSE, new_stream_key())
+    def rotate_key(self, ctx: ProviderContext, channel: ChannelRow) -> None:
+        channel.stream_key_encrypted = seal(ctx.secret_key, STREAM_KEY_PURPOSE,
+                                            new_stream_key())
 
-    def stop(self, ctx: ProviderContext, live: LiveSession) -> None:
+    def stop(self, ctx: ProviderContext, channel: ChannelRow) -> None:
         """Disconnect the publisher through MediaMTX's control API when it is configured.
         Either way, once the session has ended the auth callback refuses the publisher."""
         api = ctx.settings.get("rtmp_api_url")
-        if not api or live.rtmp_path is None:
+        if not api or channel.rtmp_path is None:
             return
         secret = ctx.config.hook_secret or ""
         try:
             for kind in ("rtmpconns", "rtmpsconns"):
                 listed = _api(f"{api.rstrip('/')}/v3/{kind}/list", secret)
                 for conn in listed.get("items") or []:
-                    if conn.get("path") == live.rtmp_path and conn.get("state") == "publish":
+                    if conn.get("path") == channel.rtmp_path and \
+                            conn.get("state") == "publish":
                         _api(f"{api.rstrip('/')}/v3/{kind}/kick/{quote(str(conn['id']))}",
                              secret, method="POST")
         except (OSError, ValueError) as exc:
-            log.warning("MediaMTX API call failed while stopping %s: %s", live.id,
+            log.warning("MediaMTX API call failed while stopping %s: %s", channel.rtmp_path,
                         type(exc).__name__)
             raise APIError(502, "The media server could not be told to stop the stream.",
                            "streaming-provider-error") from None
 
-    def playback(self, ctx: ProviderContext, live: LiveSession, viewer_id: str) -> Playback:
-        assert live.rtmp_path is not None and live.playback_url is not None
-        token = rtmp_token(ctx.secret_key, session_id=live.id, path=live.rtmp_path,
+    def playback(self, ctx: ProviderContext, live: LiveSession, channel: ChannelRow,
+                 viewer_id: str) -> Playback:
+        assert channel.rtmp_path is not None and channel.playback_url is not None
+        token = rtmp_token(ctx.secret_key, session_id=live.id, path=channel.rtmp_path,
                            viewer_id=viewer_id, now=ctx.now,
                            ttl=int(ctx.settings["playback_token_ttl"]))
-        if live.status == "ended":
-            # The recording, from MediaMTX's playback server (which asks with "playback").
-            base = ctx.settings.get("rtmp_recording_url", "http://localhost:9996").rstrip("/")
-            return Playback(f"{base}/list?path={quote(live.rtmp_path, safe='')}"
-                            f"&jwt={quote(token.token)}", token)
-        return Playback(f"{live.playback_url}?jwt={quote(token.token)}", token)
+        return Playback(f"{channel.playback_url}?jwt={quote(token.token)}", token)
 
 
 def _api(url: str, secret: str, method: str = "GET") -> dict[str, Any]:
@@ -93,7 +94,6 @@ def _api(url: str, secret: str, method: str = "GET") -> dict[str, Any]:
     return json.loads(body) if body.strip() else {}
 
 
-def publish_url(live: LiveSession, stream_key: str) -> str:
+def publish_url(ingest_endpoint: str, stream_key: str) -> str:
     """The URL an encoder (OBS, ffmpeg) publishes to, credentials in the query."""
-    assert live.ingest_endpoint is not None
-    return f"{live.ingest_endpoint}?user={PUBLISH_USER}&pass={quote(stream_key)}"
+    return f"{ingest_endpoint}?user={PUBLISH_USER}&pass={quote(stream_key)}"
