@@ -120,20 +120,20 @@ def school(make_app: Any, settings: dict[str, Any] | None = None, **config: Any)
                   new_app=new_app)
 
 
-def deliver_at_once(app: Any, path: str, body: bytes, headers: dict[str, str],
-                    times: int = 10) -> list[Any]:
-    """POST the same webhook ``times`` times from as many threads released together; the
-    JSON answers (every one must be a 200)."""
+def deliver_at_once(app: Any, path: str, deliveries: list[tuple[bytes, dict[str, str]]]
+                    ) -> list[Any]:
+    """POST each ``(body, headers)`` webhook from a thread of its own, the threads released
+    together; the JSON answers (every one must be a 200)."""
     results: list[Any] = []
-    start = threading.Barrier(times)
+    start = threading.Barrier(len(deliveries))
 
-    def deliver() -> None:
+    def deliver(body: bytes, headers: dict[str, str]) -> None:
         client = app.test_client()
         start.wait()
         r = client.post(path, data=body, headers=headers)
         results.append((r.status_code, r.get_data(True), r.json))
 
-    threads = [threading.Thread(target=deliver) for _ in range(times)]
+    threads = [threading.Thread(target=deliver, args=d) for d in deliveries]
     for t in threads:
         t.start()
     for t in threads:

@@ -70,8 +70,8 @@ def test_a_delayed_payment_waits_then_succeeds_exactly_once(make_app):
 
         cs = {**_session(fake, order), "payment_status": "paid"}
         body = stripe_event("evt_async_ok", "checkout.session.async_payment_succeeded", cs)
-        answers = deliver_at_once(s.app, HOOK, body, {
-            "Stripe-Signature": stripe_signature(body, STRIPE_KEYS["webhook_secret"])})
+        answers = deliver_at_once(s.app, HOOK, [(body, {
+            "Stripe-Signature": stripe_signature(body, STRIPE_KEYS["webhook_secret"])})] * 10)
         assert sum(a["applied"] for a in answers) == 1
         got = s.order(order_id)
         assert (got["status"], got["amount_paid"], got["invoice_number"]) == ("paid", 2000, 1)
