@@ -118,15 +118,15 @@ def _iso(at: datetime) -> str:
     return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
 
 
-def stream_event(channel_arn: str, name: str, at: datetime,
-                 event_id: str | None = None) -> dict[str, Any]:
+def stream_event(channel_arn: str, name: str, at: datetime, event_id: str | None = None,
+                 stream_id: str = "st-1Abc") -> dict[str, Any]:
     """An "IVS Stream State Change" event as EventBridge delivers it."""
     return {
         "version": "0", "id": event_id or str(uuid.uuid4()),
         "detail-type": "IVS Stream State Change", "source": "aws.ivs", "account": ACCOUNT,
         "time": at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "region": REGION,
         "resources": [channel_arn],
-        "detail": {"event_name": name, "channel_name": "kalpla", "stream_id": "st-1Abc"}}
+        "detail": {"event_name": name, "channel_name": "kalpla", "stream_id": stream_id}}
 
 
 def recording_event(channel_arn: str, at: datetime, bucket: str,

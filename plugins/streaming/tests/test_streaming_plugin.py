@@ -85,3 +85,22 @@ def test_export_and_erase_cover_attendance(make_app):
         pm.call_each("kalpla_user_erase", session=db, user_id=s.enrolled.id)
         again = dict(pm.call_each("kalpla_user_export", session=db, user_id=s.enrolled.id))
         assert again["streaming"] == {"attendance": []}
+
+
+def test_revision_s0002_downgrades_and_upgrades_again(make_app, empty_database_url):
+    from sqlalchemy import inspect
+
+    from kalpla_core import migrate
+
+    kalpla = make_app(database_url=empty_database_url,
+                      plugins=["streaming"]).extensions["kalpla"]
+    migrate.upgrade(kalpla)
+    assert migrate.differences(kalpla) == []
+    migrate.downgrade(kalpla, "s0001")
+    inspector = inspect(kalpla.db.engine)
+    assert "streaming_channels" not in inspector.get_table_names()
+    columns = {c["name"] for c in inspector.get_columns("streaming_sessions")}
+    assert {"channel_id", "claimed_at", "stream_id", "recording_file_id"}.isdisjoint(columns)
+    assert "recording_location" in columns
+    migrate.upgrade(kalpla)
+    assert migrate.differences(kalpla) == []
