@@ -112,7 +112,9 @@ class OrderSchema(Schema):
     provider = fields.String()
     checkout = fields.Dict(allow_none=True, metadata={
         "description": "What the client needs to pay: a hosted checkout url, or the gateway "
-                       "order id and public key for its widget."})
+                       "order id and public key for its widget; processing is true once the "
+                       "checkout was completed with a delayed payment method whose outcome "
+                       "is awaited."})
     invoice_number = fields.Integer(allow_none=True)
     paid_at = fields.DateTime(allow_none=True)
     expires_at = fields.DateTime(allow_none=True)
