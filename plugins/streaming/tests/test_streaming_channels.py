@@ -125,6 +125,31 @@ def test_a_courses_sessions_share_one_path_one_live_at_a_time(make_app, monkeypa
     assert all(f"path={path.replace('/', '%2F')}" in key for key in keys.values())
 
 
+def test_concurrent_first_broadcasts_of_a_courses_sessions_make_one_channel(make_app):
+    import threading
+
+    s = school(make_app, "rtmp", {"channel_scope": "course"})
+    sessions = [s.session_id, *(s.schedule(title=f"Class {n}") for n in range(3))]
+    results: list[Any] = []
+    barrier = threading.Barrier(len(sessions))
+
+    def broadcast(session_id: str) -> None:
+        client = s.app.test_client()
+        barrier.wait()
+        results.append(client.post(f"/api/v1/streaming/sessions/{session_id}/broadcast",
+                                   headers=s.auth(s.instructor)))
+
+    threads = [threading.Thread(target=broadcast, args=(sid,)) for sid in sessions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in results] == [200] * len(sessions)
+    assert len({r.get_json()["stream_key"] for r in results}) == 1
+    with s.kalpla.db.session() as db:
+        assert db.scalar(select(func.count()).select_from(Channel)) == 1
+
+
 def test_stopping_a_session_that_lost_the_channel_leaves_the_stream_alone(make_app,
                                                                           monkeypatch):
     from streaming_aws import local_server
