@@ -99,18 +99,23 @@ def _course_rows(fx: Fixture, rng: random.Random, start: int,
             # 1 in 20 is a draft; publication times grow with the course number.
             published = rng.random() >= 0.05
             moment = START + timedelta(minutes=n)
+            status = "published" if published else "draft"
+            count = int(rng.paretovariate(1.2)) - 1
             courses.append({
                 "id": cid, "institution_id": inst_id, "slug": f"course-{n}", "title": title,
                 "summary": summary, "description": "", "language": rng.choice(LANGUAGES),
-                "level": rng.choice(LEVELS), "status": "published" if published else "draft",
-                "published_at": moment if published else None,
-                "enrollment_count": int(rng.paretovariate(1.2)) - 1,
+                "level": rng.choice(LEVELS), "status": status,
+                "published_at": moment if published else None, "enrollment_count": count,
                 "structure_version": 1, "version": 1, "created_at": moment,
                 "updated_at": moment, "created_by": fx.mentors[inst_id][0]})
-            tags += [{"course_id": cid, "tag": t} for t in rng.sample(TAGS, 3)]
-            instructors += [{"course_id": cid, "user_id": u}
+            # The course's sort keys, copied beside its tags, instructors and words (a draft's
+            # "newest" time is its creation, the same moment here).
+            keys = {"course_id": cid, "status": status, "newest_at": moment, "title": title,
+                    "enrollment_count": count}
+            tags += [{**keys, "tag": t} for t in rng.sample(TAGS, 3)]
+            instructors += [{**keys, "user_id": u}
                             for u in rng.sample(fx.mentors[inst_id], rng.randint(1, 2))]
-            terms += [{"course_id": cid, "term": t} for t in course_terms(title, summary)]
+            terms += [{**keys, "term": t} for t in course_terms(title, summary)]
         yield courses, tags, instructors, terms
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -33,7 +33,9 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     tuple_,
+    union_all,
     update,
 )
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
@@ -49,6 +51,10 @@ MAX_QUERY_WORDS = 8
 # from the matches themselves (see _candidates). The two ways cost alike around the square
 # root of limit × catalog size; this value was chosen with bench/catalog.py.
 CANDIDATES = 500
+# A word of ``q`` that starts this many stored terms or fewer is paged from their indexes,
+# one ordered run per term merged; a shorter prefix of more terms is paged through the
+# courses' indexes (such prefixes are common, so a page is found quickly).
+MERGED_TERMS = 32
 TERM_LENGTH = 64
 # Above every code point a term can hold (a noncharacter is never part of a word).
 _TOP = "\U0010ffff"
@@ -167,6 +173,9 @@ class CatalogFilter:
     sort: str = "newest"
 
 
+Keys = Sequence[tuple[Any, Direction]]
+
+
 def sort_keys(status: str, sort: str) -> list[tuple[InstrumentedAttribute[Any], Direction]]:
     """The keyset order of a listing; the id makes it total. Drafts have no publication
     date, so "newest" lists them by creation."""
@@ -178,13 +187,39 @@ def sort_keys(status: str, sort: str) -> list[tuple[InstrumentedAttribute[Any], 
     return [(newest, "desc"), (Course.id, "desc")]
 
 
+def _copied_keys(t: Any, sort: str) -> list[tuple[Any, Direction]]:
+    """:func:`sort_keys` on the copies an alias ``t`` of a sorted table holds."""
+    if sort == "title":
+        return [(t.title, "asc"), (t.course_id, "asc")]
+    if sort == "popularity":
+        return [(t.enrollment_count, "desc"), (t.course_id, "desc")]
+    return [(t.newest_at, "desc"), (t.course_id, "desc")]
+
+
+def _direction(sort: str) -> Direction:
+    return "asc" if sort == "title" else "desc"
+
+
+def _order(keys: Keys) -> list[ColumnElement[Any]]:
+    return [c.asc() if d == "asc" else c.desc() for c, d in keys]
+
+
 @dataclass(frozen=True)
 class _Related:
-    """A filter on a table beside ``courses`` (tags, instructors, words): ``matches(t)`` is
-    its condition on an alias ``t`` of the table."""
+    """A filter on a sorted table beside ``courses`` (tags, instructors, words): rows whose
+    ``column`` is ``value`` (or starts with it, for a word of ``q``)."""
 
     table: Any
-    matches: Callable[[Any], ColumnElement[bool]]
+    column: str
+    value: str
+    prefix: str | None = None  # the dialect, when ``value`` is a prefix
+
+    def matches(self, t: Any) -> ColumnElement[bool]:
+        """The condition on an alias ``t`` of the table."""
+        column = getattr(t, self.column)
+        if self.prefix is None:
+            return column == self.value
+        return _prefix(column, self.value, self.prefix)
 
     def holds(self, course_id: ColumnElement[Any]) -> ColumnElement[bool]:
         """True for the course ``course_id``: probed through the table's (course_id, …) key."""
@@ -193,23 +228,22 @@ class _Related:
 
 
 def _related(flt: CatalogFilter, dialect: str) -> list[_Related]:
-    """The related-table filters, the likeliest to match few courses first."""
+    """The related-table filters, the likeliest to match few courses first: the first one
+    drives the page."""
     out = []
-    if flt.tag is not None:
-        tag = flt.tag
-        out.append(_Related(CourseTag, lambda t: t.tag == tag))
     if flt.instructor is not None:
-        user_id = flt.instructor
-        out.append(_Related(CourseInstructor, lambda t: t.user_id == user_id))
+        out.append(_Related(CourseInstructor, "user_id", flt.instructor))
+    if flt.tag is not None:
+        out.append(_Related(CourseTag, "tag", flt.tag))
     words = sorted(search_terms(flt.q or "")[:MAX_QUERY_WORDS], key=len, reverse=True)
-    out += [_Related(CourseSearchTerm, lambda t, w=w: _prefix(t.term, w, dialect))
-            for w in words]
+    out += [_Related(CourseSearchTerm, "term", w, dialect) for w in words]
     return out
 
 
 def _conditions(flt: CatalogFilter) -> list[ColumnElement[bool]]:
-    """The filters on columns of ``courses``, each answered by a composite index."""
-    cond: list[ColumnElement[bool]] = [Course.status == flt.status]
+    """The filters on columns of ``courses`` but the status, each answered by a composite
+    index when it drives the page."""
+    cond: list[ColumnElement[bool]] = []
     if flt.institution_id is not None:
         cond.append(Course.institution_id == flt.institution_id)
     if flt.institution_slug is not None:
@@ -226,13 +260,78 @@ def _conditions(flt: CatalogFilter) -> list[ColumnElement[bool]]:
     return cond
 
 
-def _after(keys: Sequence[tuple[InstrumentedAttribute[Any], Direction]],
-           values: Sequence[Any]) -> ColumnElement[bool]:
+def _after(keys: Keys, values: Sequence[Any]) -> ColumnElement[bool]:
     """Rows past the cursor, as one row-value comparison (both keys run the same way), which
     SQLite and PostgreSQL turn into an index range."""
     left = tuple_(*[col for col, _ in keys])
     right = tuple_(*[literal(v, col.type) for (col, _), v in zip(keys, values, strict=True)])
     return left > right if keys[0][1] == "asc" else left < right
+
+
+_TERMS_SQL = {
+    # The distinct terms starting with a word, found by hopping from one to the next through
+    # the index (a seek each) rather than reading every row of every term.
+    "sqlite": """
+        WITH RECURSIVE found(term, n) AS (
+          SELECT (SELECT term FROM course_search_terms WHERE term >= :word AND term < :top
+                  ORDER BY term LIMIT 1), 1
+          UNION ALL
+          SELECT (SELECT term FROM course_search_terms WHERE term > found.term
+                  AND term < :top ORDER BY term LIMIT 1), n + 1
+          FROM found WHERE found.term IS NOT NULL AND n <= :most)
+        SELECT term FROM found WHERE term IS NOT NULL""",
+    # ~>~ and ~<~ are the operators of the text_pattern_ops indexes.
+    "postgresql": """
+        WITH RECURSIVE found(term, n) AS (
+          SELECT (SELECT term FROM course_search_terms WHERE term LIKE :pattern ESCAPE '\\'
+                  ORDER BY term USING ~<~ LIMIT 1), 1
+          UNION ALL
+          SELECT (SELECT term FROM course_search_terms WHERE term LIKE :pattern ESCAPE '\\'
+                  AND term ~>~ found.term ORDER BY term USING ~<~ LIMIT 1), n + 1
+          FROM found WHERE found.term IS NOT NULL AND n <= :most)
+        SELECT term FROM found WHERE term IS NOT NULL""",
+}
+
+
+def _terms(session: Session, word: str, dialect: str) -> list[str] | None:
+    """The stored terms ``word`` is a prefix of, when there are at most ``MERGED_TERMS``;
+    else None."""
+    pattern = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    terms = list(session.scalars(text(_TERMS_SQL[dialect]), {
+        "word": word, "top": word + _TOP, "pattern": pattern, "most": MERGED_TERMS}))
+    return terms if len(terms) <= MERGED_TERMS else None
+
+
+def _driven(flt: CatalogFilter, driver: _Related, values: Sequence[str],
+            others: Sequence[_Related], after: Sequence[Any] | None,
+            limit: int) -> tuple[Any, Keys]:
+    """The ids and first sort key of the page, read from the driver's table in sort order:
+    from its index (value, status, sort key, course_id), one ordered run per value (the terms
+    of a word), each row checked against the other filters; then merged. Each run stops at
+    ``limit + 1`` matches, so a page costs about ``limit`` rows per value divided by the share
+    of the driver's rows the other filters keep, whatever the size of the catalog."""
+    conditions = _conditions(flt)
+    runs = []
+    for value in values:
+        t = aliased(driver.table)
+        keys = _copied_keys(t, flt.sort)
+        cond = [getattr(t, driver.column) == value, t.status == flt.status,
+                *[rel.holds(t.course_id) for rel in others]]
+        if conditions:
+            cond.append(exists().where(Course.id == t.course_id, *conditions))
+        if after is not None:
+            cond.append(_after(keys, after))
+        runs.append(select(t.course_id.label("id"), keys[0][0].label("key")).where(*cond)
+                    .order_by(*_order(keys)).limit(limit + 1).subquery())
+    direction = _direction(flt.sort)
+    if len(runs) == 1:
+        page = runs[0]
+    else:  # a course holding two of the terms comes in two runs, with the same keys
+        merged = union_all(*[select(run) for run in runs]).subquery()
+        page = (select(merged.c.id, merged.c.key).distinct()
+                .order_by(*_order([(merged.c.key, direction), (merged.c.id, direction)]))
+                .limit(limit + 1).subquery())
+    return page, [(page.c.key, direction), (page.c.id, direction)]
 
 
 def _candidates(session: Session, conditions: list[ColumnElement[bool]],
@@ -244,8 +343,7 @@ def _candidates(session: Session, conditions: list[ColumnElement[bool]],
     course's columns: the read stops after ``CANDIDATES`` hits, or at the end of that filter's
     entries. A page of few matches is then sorted from those ids; with more, reading a sort
     index in order and probing each course finds a page within about
-    ``limit × catalog / CANDIDATES`` rows. A rare tag or word, or a rare combination of
-    common ones, would otherwise make that read the whole catalog."""
+    ``limit × catalog / CANDIDATES`` rows."""
     first, rest = related[0], related[1:]
     t = aliased(first.table)
     stmt = (select(t.course_id)
@@ -262,21 +360,33 @@ def catalog_page(session: Session, flt: CatalogFilter, limit: int, cursor: str |
     keys = sort_keys(flt.status, flt.sort)
     after = decode_cursor(cursor, keys, secret) if cursor else None
     related = _related(flt, session.get_bind().dialect.name)
-    cond = _conditions(flt)
-    if related:
-        candidates = _candidates(session, cond, related)
-        if candidates == []:
+    stmt = select(Course, Institution.slug)
+    order: Keys = keys
+    values: Sequence[str] | None = None
+    if related:  # the first related filter drives; a word, through the terms it starts
+        driver = related[0]
+        values = ([driver.value] if driver.prefix is None
+                  else _terms(session, driver.value, driver.prefix))
+        if values == []:
             return Page([], None)
-        if candidates is None:
-            cond += [rel.holds(Course.id) for rel in related]
-        else:
-            cond.append(Course.id.in_(candidates))
-    if after is not None:
-        cond.append(_after(keys, after))
-    stmt = (select(Course, Institution.slug)
-            .join(Institution, Institution.id == Course.institution_id).where(*cond)
-            .order_by(*[c.asc() if d == "asc" else c.desc() for c, d in keys]))
-    rows = session.execute(stmt.limit(limit + 1)).all()
+    if related and values is not None:
+        page, order = _driven(flt, related[0], values, related[1:], after, limit)
+        stmt = stmt.select_from(page).join(Course, Course.id == page.c.id)
+    else:
+        cond = [Course.status == flt.status, *_conditions(flt)]
+        if related:  # a word of many terms: the older way, through the courses' indexes
+            candidates = _candidates(session, cond, related)
+            if candidates == []:
+                return Page([], None)
+            if candidates is None:
+                cond += [rel.holds(Course.id) for rel in related]
+            else:
+                cond.append(Course.id.in_(candidates))
+        if after is not None:
+            cond.append(_after(keys, after))
+        stmt = stmt.where(*cond)
+    stmt = stmt.join(Institution, Institution.id == Course.institution_id)
+    rows = session.execute(stmt.order_by(*_order(order)).limit(limit + 1)).all()
     rows, more = rows[:limit], len(rows) > limit
     next_cursor = None
     if more:

@@ -41,6 +41,7 @@ def _set_popularity(factories, counts: dict[str, int]) -> None:
         for course_id, count in counts.items():
             s.execute(update(Course).where(Course.id == course_id)
                       .values(enrollment_count=count))
+            catalog.sync_enrollment_count(s, course_id, count)
 
 
 def _ids(client, headers: dict[str, str] | None = None, **query: Any) -> list[str]:
