@@ -197,6 +197,7 @@ def add_file(session: Any, *, institution_id: str, course_id: str, lesson_id: st
     lesson), its download URL comes from ``provider``'s ``download_url`` and its deletion
     calls ``provider``'s ``delete``. Idempotent: a file already recorded at ``storage_key``
     (by ``provider``) is the answer, also when a concurrent call recorded it first."""
+    from sqlalchemy import select
     from sqlalchemy.exc import IntegrityError
 
     from kalpla_core.db import new_id as _new_id
@@ -213,9 +214,10 @@ def add_file(session: Any, *, institution_id: str, course_id: str, lesson_id: st
         lesson = session.get(Lesson, lesson_id)
         if lesson is None or lesson.course_id != course_id:
             raise ValueError("the lesson is not the course's")
-    existing = session.get(StoredFile, find_file(session, provider=provider,
-                                                 storage_key=storage_key) or "")
+    existing = session.scalar(select(StoredFile).where(StoredFile.storage_key == storage_key))
     if existing is not None:
+        if existing.provider != provider or existing.status != "ready":
+            raise ValueError("another file is recorded at that storage key")
         return existing.id
     file = StoredFile(
         id=_new_id(), institution_id=institution_id, owner_id=owner_id, course_id=course_id,
