@@ -257,3 +257,44 @@ class _AnyId:
         return isinstance(other, str) and len(other) == 32
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def test_channels_of_courses_that_are_gone_are_pruned(make_app):
+    from kalpla_streaming.keys import PLAYBACK_KEY_PURPOSE, new_p384_key_pair, seal
+    from kalpla_streaming.models import PlaybackKeyPair
+    from kalpla_streaming.providers import ProviderContext
+    from moto import mock_aws
+
+    with mock_aws():
+        s = school(make_app, "ivs", {"channel_scope": "course", "ivs_recording_bucket": None},
+                   aws_region="us-east-1", aws_endpoint_url=None)
+        pair = new_p384_key_pair()  # as if imported before: moto has no ImportPlaybackKeyPair
+        with s.kalpla.db.session() as db:
+            db.add(PlaybackKeyPair(
+                institution_id=s.school.id, arn="arn:aws:ivs:us-east-1:123456789012:"
+                "playback-key/K", public_key_pem=pair.public_pem,
+                private_key_encrypted=seal(s.kalpla.settings.secret_key, PLAYBACK_KEY_PURPOSE,
+                                           pair.private_pem)))
+        ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
+        with s.app.app_context():
+            provider = s.kalpla.providers.get("streaming", "ivs", s.app)
+            assert _session(s, s.session_id).channel_arn is None  # the course's, not its own
+            with s.kalpla.db.session() as db:
+                arn = db.scalars(select(Channel.channel_arn)).one() or ""
+            channel = provider.client.get_channel(arn=arn)["channel"]
+            assert channel["name"] == f"kalpla-course-{s.course_id}"
+            assert channel["tags"]["kalpla:course"] == s.course_id
+
+            def prune() -> list[str]:
+                with s.kalpla.db.session() as db:
+                    ctx = ProviderContext(session=db, settings={},
+                                          secret_key=s.kalpla.settings.secret_key,
+                                          config=s.app.extensions["kalpla_streaming"],
+                                          now=utcnow())
+                    return provider.prune_channels(ctx)
+
+            assert prune() == []  # the course is there
+            with s.kalpla.db.session() as db:  # as when the course is deleted
+                db.delete(db.scalars(select(Channel)).one())
+            assert prune() == [arn]
+            assert provider.client.list_channels()["channels"] == []
