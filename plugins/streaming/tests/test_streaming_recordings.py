@@ -310,3 +310,23 @@ def test_a_playlist_must_be_one():
     assert hls.is_playlist_name("720p30/playlist.m3u8")
     assert not hls.is_playlist_name("../master.m3u8")
     assert not hls.is_playlist_name("720p30/0.ts")
+
+
+def test_watching_the_recording_completes_the_lesson(make_app, aws, monkeypatch):
+    from kalpla_streaming import routes
+
+    s = _school(make_app)
+    _write_recording(s)
+    arn, end = _ended_session(s)  # 45 minutes live; 60 % is 27 minutes
+    ok(_eventbridge(s, recording_event(arn, end + timedelta(minutes=2), BUCKET, PREFIX)))
+    later = utcnow().replace(microsecond=0)
+    monkeypatch.setattr(routes, "utcnow", lambda: later)
+    assert ok(s.post(f"/sessions/{s.session_id}/playback", s.enrolled))["recording_file_id"]
+    for t in range(30, 27 * 60 + 1, 30):
+        monkeypatch.setattr(routes, "utcnow", lambda t=t: later + timedelta(seconds=t))
+        row = ok(s.post(f"/sessions/{s.session_id}/heartbeat", s.enrolled))
+    assert row["recording_seconds"] == 27 * 60 and row["completed_at"] is not None
+    progress = ok(s.client.get(f"/api/v1/courses/{s.course_id}/progress",
+                               headers=s.auth(s.enrolled)))
+    (line,) = [ln for ln in progress["lessons"] if ln["lesson_id"] == s.lesson_id]
+    assert line["progress"]["completed"] is True
