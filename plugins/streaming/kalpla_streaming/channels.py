@@ -14,7 +14,7 @@ late event of the previous class does not touch the next one.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -91,7 +91,10 @@ def claim(session: Session, live: LiveSession, channel: Channel, now: datetime) 
             raise APIError(409, "Another live session of this course is on air on the "
                            "course's channel; it must end (or be stopped) first.",
                            "channel-busy", session_id=current.id)
-        live.claimed_at = now
+        # The latest claim holds the channel, even if this server's clock lags another's.
+        earliest = current.claimed_at + timedelta(milliseconds=1) if current.claimed_at \
+            else now
+        live.claimed_at = max(now, earliest)
     elif current is None:
         live.claimed_at = now
     live.channel_id = channel.id
