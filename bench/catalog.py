@@ -100,11 +100,12 @@ def _course_rows(fx: Fixture, rng: random.Random, start: int,
             published = rng.random() >= 0.05
             moment = START + timedelta(minutes=n)
             status = "published" if published else "draft"
+            language, level = rng.choice(LANGUAGES), rng.choice(LEVELS)
             count = int(rng.paretovariate(1.2)) - 1
             courses.append({
                 "id": cid, "institution_id": inst_id, "slug": f"course-{n}", "title": title,
-                "summary": summary, "description": "", "language": rng.choice(LANGUAGES),
-                "level": rng.choice(LEVELS), "status": status,
+                "summary": summary, "description": "", "language": language,
+                "level": level, "status": status,
                 "published_at": moment if published else None, "enrollment_count": count,
                 "structure_version": 1, "version": 1, "created_at": moment,
                 "updated_at": moment, "created_by": fx.mentors[inst_id][0]})

@@ -310,19 +310,21 @@ def _driven(flt: CatalogFilter, driver: _Related, values: Sequence[str],
     of a word), each row checked against the other filters; then merged. Each run stops at
     ``limit + 1`` matches, so a page costs about ``limit`` rows per value divided by the share
     of the driver's rows the other filters keep, whatever the size of the catalog."""
+    t = aliased(driver.table)
+    keys = _copied_keys(t, flt.sort)
+    cond = [t.status == flt.status, *[rel.holds(t.course_id) for rel in others]]
     conditions = _conditions(flt)
-    runs = []
-    for value in values:
-        t = aliased(driver.table)
-        keys = _copied_keys(t, flt.sort)
-        cond = [getattr(t, driver.column) == value, t.status == flt.status,
-                *[rel.holds(t.course_id) for rel in others]]
-        if conditions:
-            cond.append(exists().where(Course.id == t.course_id, *conditions))
-        if after is not None:
-            cond.append(_after(keys, after))
-        runs.append(select(t.course_id.label("id"), keys[0][0].label("key")).where(*cond)
-                    .order_by(*_order(keys)).limit(limit + 1).subquery())
+    if conditions:
+        cond.append(exists().where(Course.id == t.course_id, *conditions))
+    if after is not None:
+        cond.append(_after(keys, after))
+    # The runs differ only in their value: they share the rest (each is its own scope in
+    # SQL), which spares building it again per term.
+    column = getattr(t, driver.column).expression
+    columns = (t.course_id.label("id"), keys[0][0].label("key"))
+    order = _order(keys)
+    runs = [select(*columns).where(column == value, *cond).order_by(*order)
+            .limit(limit + 1).subquery() for value in values]
     direction = _direction(flt.sort)
     if len(runs) == 1:
         page = runs[0]
