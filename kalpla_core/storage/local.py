@@ -36,10 +36,11 @@ from kalpla_core.http.problems import APIError
 from kalpla_core.storage.port import ObjectChanged, StoredObject, UploadInstructions
 
 URL_PATH = "/api/v1/files/local/"
-# Keys are made by the service (institution id / [ready /] file id); anything else, dots and
-# extra slashes included, is refused before the file system is touched, so no key leaves the
-# root.
-KEY_RE = re.compile(r"[0-9A-Za-z_-]{1,64}/(?:ready/)?[0-9a-f]{32}")
+# Keys are made by the service (uploads / institution id / file id, institution id / ready /
+# file id, and institution id / file id from before); anything else, dots and extra slashes
+# included, is refused before the file system is touched, so no key leaves the root.
+KEY_RE = re.compile(r"(?:uploads/[0-9A-Za-z_-]{1,64}|[0-9A-Za-z_-]{1,64}(?:/ready)?)"
+                    r"/[0-9a-f]{32}")
 CHUNK = 64 * 1024
 
 

@@ -8,6 +8,9 @@ Confirmation reads the object back with ``head_object``, then copies it to its f
 with ``copy_object`` on the condition that its ETag is still the one read
 (``CopySourceIfMatch``), so an object replaced in between is never kept; the copy is
 encrypted the same way. Downloads are presigned GETs.
+
+Upload keys start with ``uploads/`` and nothing there is needed once a file is ready, so a
+bucket lifecycle rule may expire that prefix (after a day, say).
 """
 
 from __future__ import annotations

@@ -6,14 +6,16 @@ instructions), the client sends the file straight to storage, then asks to confi
 stored object is read back and must match what was declared (size, type) and the settings
 (size limit, allowed types, encryption), else it is deleted and the file stays ``pending``.
 
-Keys: a pending file's ``storage_key`` is its upload key, ``<institution>/<file id>``, the key
-the upload instructions cover for :data:`UPLOAD_TTL`. On confirm the checked object is copied
-to ``<institution>/ready/<file id>`` (:meth:`StorageProvider.finalize`, refused if the object
-changed after the check), which becomes the ``storage_key``; the upload key's object is deleted
-after the commit. So replaying the instructions after confirm cannot change what downloads
-serve. Both keys follow from the row, so deleting or purging a file (:mod:`.purge`) deletes
-both, whatever step a confirm stopped at. (Files confirmed before final keys existed keep
-their upload key as ``storage_key``.)
+Keys: a pending file's ``storage_key`` is its upload key, ``uploads/<institution>/<file id>``,
+the key the upload instructions cover for :data:`UPLOAD_TTL`. On confirm the checked object is
+copied to ``<institution>/ready/<file id>`` (:meth:`StorageProvider.finalize`, refused if the
+object changed after the check), which becomes the ``storage_key``; the upload key's object is
+deleted after the commit. So replaying the instructions after confirm cannot change what
+downloads serve, and nothing under ``uploads/`` is needed once a file is ready (an S3
+lifecycle rule may expire it). Both keys follow from the row, so deleting or purging a file
+(:mod:`.purge`) deletes both, whatever step a confirm stopped at. (Files asked for before
+these keys existed have ``<institution>/<file id>`` as upload key, and keep it as
+``storage_key`` if they were confirmed then.)
 
 Who reads a ``ready`` file (its metadata and a download URL):
 - the course's staff, always (pending files too);
@@ -77,7 +79,7 @@ def storage(kalpla: Kalpla, name: str | None = None) -> StorageProvider:
 
 def upload_key(institution_id: str, file_id: str) -> str:
     """The key a file's upload instructions cover."""
-    return f"{institution_id}/{file_id}"
+    return f"uploads/{institution_id}/{file_id}"
 
 
 def final_key(institution_id: str, file_id: str) -> str:
@@ -261,11 +263,11 @@ def _lock_file(session: Session, file_id: str) -> StoredFile | None:
 def check_upload_open(session: Session, provider: str, key: str) -> None:
     """409 unless ``key`` is the upload key of a pending file of ``provider``: a signed
     upload URL stops working once its file is confirmed, deleted or purged."""
-    institution_id, _, file_id = key.partition("/")
+    file_id = key.rsplit("/", 1)[-1]  # the last part of every key the core makes
     file = session.scalars(select(StoredFile).where(StoredFile.id == file_id)
                            .execution_options(populate_existing=True)).one_or_none()
     if (file is None or file.status != "pending" or file.provider != provider
-            or file.storage_key != upload_key(institution_id, file_id)):
+            or file.storage_key != key):
         raise APIError(409, "This upload is closed: its file was confirmed or deleted. Ask "
                        "for a new upload to send another file.", "upload-closed")
 

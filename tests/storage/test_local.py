@@ -97,8 +97,9 @@ def test_ask_upload_confirm_download_delete(app, client, factories):
 
     assert _put(client, upload, PDF).status_code == 204
     # The key is made by the server: institution / file id, nothing of the name.
-    assert _stored(app) == [f"{w.school.id}/{asked['id']}", f"{w.school.id}/{asked['id']}.json"]
-    assert (_root(app) / w.school.id / asked["id"]).read_bytes() == PDF
+    uploaded = f"uploads/{w.school.id}/{asked['id']}"
+    assert _stored(app) == [uploaded, f"{uploaded}.json"]
+    assert (_root(app) / uploaded).read_bytes() == PDF
 
     ready = ok(_confirm(client, w, asked["id"]))
     assert ready["status"] == "ready" and ready["confirmed_at"]
@@ -179,7 +180,7 @@ def test_altered_or_expired_links_are_refused(app, client, factories):
     asked = ok(_ask(client, w, course_id), 201)
     query = {k: v[0] for k, v in parse_qs(urlsplit(asked["upload"]["url"]).query).items()}
     params = {k: query[k] for k in ("content_type", "filename", "max_size")}
-    stale = local.signed_url("PUT", f"{w.school.id}/{asked['id']}", int(time.time()) - 1,
+    stale = local.signed_url("PUT", f"uploads/{w.school.id}/{asked['id']}", int(time.time()) - 1,
                              params)
     before = _stored(app)
     assert problem(_put(client, asked["upload"] | {"url": stale}, PDF),
@@ -277,7 +278,7 @@ def test_wrong_types_are_refused(app, client, factories):
 
     # An object stored under another type (its record says so) is refused on confirm.
     assert _put(client, asked["upload"], PDF).status_code == 204
-    meta = _root(app) / w.school.id / f"{asked['id']}.json"
+    meta = _root(app) / "uploads" / w.school.id / f"{asked['id']}.json"
     meta.write_text(json.dumps({"content_type": "text/plain", "filename": "notes.pdf"}))
     body = problem(_confirm(client, w, asked["id"]), 422)
     assert body["type"] == "urn:kalpla:problem:upload-rejected"

@@ -12,7 +12,7 @@ import pytest
 import requests
 from moto.s3.exceptions import PreconditionFailed
 from moto.s3.responses import S3Response
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 
 from kalpla_core.storage.local import LocalStorage
 from kalpla_core.storage.models import StoredFile
@@ -115,7 +115,7 @@ def test_local_object_replaced_between_check_and_copy_is_not_kept(app, factories
     w = world(factories)
     asked = _ask_local(client, w, create_course(client, w))
     assert _put(client, asked, PDF).status_code == 204
-    key = f"{w.school.id}/{asked['id']}"
+    key = f"uploads/{w.school.id}/{asked['id']}"
     stat = LocalStorage.stat
 
     def stat_then_replace(self: LocalStorage, at: str) -> Any:
@@ -244,7 +244,7 @@ def test_s3_object_replaced_between_check_and_copy_is_not_kept(s3_app, s3,  # no
     seen = _enforce_copy_source_if_match(monkeypatch)
     asked = _ask_s3(client, w, create_course(client, w))
     _post(asked, VIDEO)
-    key, final = f"{w.school.id}/{asked['id']}", f"{w.school.id}/ready/{asked['id']}"
+    key, final = f"uploads/{w.school.id}/{asked['id']}", f"{w.school.id}/ready/{asked['id']}"
     checked_etag = _head(s3, key)["ETag"]
     stat = S3Storage.stat
 
@@ -295,9 +295,42 @@ def test_a_provider_without_finalize_keeps_files_at_their_upload_key(app, factor
     assert _put(client, asked, PDF).status_code == 204
     ok(_confirm(client, w, asked["id"]))
     assert "has no finalize()" in caplog.text
-    key = f"{w.school.id}/{asked['id']}"
+    key = f"uploads/{w.school.id}/{asked['id']}"
     assert _stored(app) == [key, f"{key}.json"]
     assert client.get(_download(client, w, asked["id"])).data == PDF
     assert client.delete(f"/api/v1/files/{asked['id']}",
                          headers=w.auth(w.instructor)).status_code == 204
+    assert _stored(app) == []
+
+
+def test_files_from_before_final_keys_keep_working(app, factories):
+    """Rows asked for (and confirmed) before upload keys moved under uploads/."""
+    client = app.test_client()
+    w = world(factories)
+    course_id = create_course(client, w)
+    local = app.extensions["kalpla"].providers.get("storage", "local", app)
+    pending, confirmed = _ask_local(client, w, course_id), _ask_local(client, w, course_id)
+    old = {f["id"]: f"{w.school.id}/{f['id']}" for f in (pending, confirmed)}
+    with app.extensions["kalpla"].db.session() as s:
+        for file_id, key in old.items():
+            s.execute(update(StoredFile).where(StoredFile.id == file_id).values(
+                storage_key=key, status="ready" if file_id == confirmed["id"] else "pending"))
+    local.receive(old[confirmed["id"]], _Body(PDF), max_size=len(PDF),
+                  content_type="application/pdf", filename="notes.pdf")
+    # Instructions handed out before the change, for the old key.
+    instructions = local.upload(old[pending["id"]], content_type="application/pdf",
+                                size=len(PDF), filename="notes.pdf", ttl=60)
+    legacy = {"upload": {"url": instructions.url, "headers": dict(instructions.headers)}}
+    assert _put(client, legacy, PDF).status_code == 204
+    ok(_confirm(client, w, pending["id"]))
+    assert problem(_put(client, legacy, EVIL), 409)["type"] == \
+        "urn:kalpla:problem:upload-closed"
+    assert client.get(_download(client, w, pending["id"])).data == PDF
+    assert client.get(_download(client, w, confirmed["id"])).data == PDF
+    assert _stored(app) == sorted([
+        old[confirmed["id"]], f"{old[confirmed['id']]}.json",
+        f"{w.school.id}/ready/{pending['id']}", f"{w.school.id}/ready/{pending['id']}.json"])
+    for file_id in old:
+        assert client.delete(f"/api/v1/files/{file_id}",
+                             headers=w.auth(w.instructor)).status_code == 204
     assert _stored(app) == []

@@ -84,8 +84,8 @@ def test_abandoned_uploads_are_purged_and_nothing_else(app, client, factories):
     _put(client, half_confirmed)
     inst = w.school.id
     local = _local(app)
-    local.finalize(f"{inst}/{half_confirmed['id']}", f"{inst}/ready/{half_confirmed['id']}",
-                   local.stat(f"{inst}/{half_confirmed['id']}"))
+    uploaded = f"uploads/{inst}/{half_confirmed['id']}"
+    local.finalize(uploaded, f"{inst}/ready/{half_confirmed['id']}", local.stat(uploaded))
     ready = _ask(client, w, course_id)
     _put(client, ready)
     ok(_confirm(client, w, ready["id"]))
@@ -101,7 +101,7 @@ def test_abandoned_uploads_are_purged_and_nothing_else(app, client, factories):
     assert _rows(app) == {ready["id"]: "ready", recent["id"]: "pending"}
     assert _stored(app) == sorted([
         f"{inst}/ready/{ready['id']}", f"{inst}/ready/{ready['id']}.json",
-        f"{inst}/{recent['id']}", f"{inst}/{recent['id']}.json"])
+        f"uploads/{inst}/{recent['id']}", f"uploads/{inst}/{recent['id']}.json"])
     # The ready file still downloads; the purged one is gone for its staff too.
     link = ok(client.get(f"/api/v1/files/{ready['id']}/download",
                          headers=w.auth(w.instructor)))["url"]
@@ -142,7 +142,7 @@ def test_purge_goes_in_batches_and_a_failure_stops_only_its_file(app, client, fa
             if r.getMessage() == "a pending upload could not be purged"] == [stuck]
     # The row stays while an object may: nothing is half-purged, the next run retries.
     assert _rows(app) == {stuck: "pending"}
-    assert f"{w.school.id}/{stuck}" in _stored(app)
+    assert f"uploads/{w.school.id}/{stuck}" in _stored(app)
 
     monkeypatch.setattr(LocalStorage, "delete", delete)
     assert purge_pending(kalpla, batch=2) == PurgeResult(purged=1, failed=0)

@@ -105,7 +105,7 @@ def test_presigned_post_upload_confirm_download_delete(app, client, factories, s
     asked = ok(_ask(client, w, course_id), 201)
     assert asked["provider"] == "s3" and asked["status"] == "pending"
     upload = asked["upload"]
-    key = f"{w.school.id}/{asked['id']}"
+    key = f"uploads/{w.school.id}/{asked['id']}"
     assert upload["method"] == "POST" and upload["expires_in"] == 900
     assert BUCKET in upload["url"] and upload["headers"] == {}
     assert upload["fields"]["key"] == key
@@ -161,7 +161,7 @@ def test_a_too_large_upload_is_refused(app, client, factories, s3):
     w = world(factories)
     course_id = create_course(client, w)
     asked = ok(_ask(client, w, course_id, VIDEO[:1000]), 201)
-    key = f"{w.school.id}/{asked['id']}"
+    key = f"uploads/{w.school.id}/{asked['id']}"
     assert ["content-length-range", 1, 1000] in _policy(asked["upload"])["conditions"]
     sent = _post(asked["upload"], VIDEO[:1001])
     if sent.status_code == 204:
@@ -186,7 +186,7 @@ def test_another_type_than_declared_is_refused_on_confirm(app, client, factories
             "The object was stored as text/html; video/mp4 was declared."]
     else:
         assert sent.status_code == 403
-    assert _head(s3, f"{w.school.id}/{asked['id']}") is None
+    assert _head(s3, f"uploads/{w.school.id}/{asked['id']}") is None
 
 
 def test_an_object_without_the_required_encryption_is_refused(make_app, s3):
@@ -197,7 +197,7 @@ def test_an_object_without_the_required_encryption_is_refused(make_app, s3):
     assert _post(asked["upload"], VIDEO).status_code == 204
     body = problem(_confirm(client, w, asked["id"]), 422)
     assert body["errors"] == {"encryption": ["The object is not encrypted with AES256."]}
-    assert _head(s3, f"{w.school.id}/{asked['id']}") is None
+    assert _head(s3, f"uploads/{w.school.id}/{asked['id']}") is None
 
 
 def test_kms_encryption_with_a_key_of_our_choice(make_app, s3):
