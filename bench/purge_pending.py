@@ -30,6 +30,7 @@ from kalpla_core.db import new_id
 from kalpla_core.institutions.models import Institution
 from kalpla_core.storage.models import StoredFile
 from kalpla_core.storage.purge import purge_pending
+from kalpla_core.storage.service import final_key, upload_key
 
 BATCH = 10_000
 NOW = datetime.now(UTC)
@@ -42,7 +43,8 @@ def _files(institution_id: str, count: int, status: str, age: timedelta) -> list
         rows.append({
             "id": file_id, "institution_id": institution_id, "purpose": "resource",
             "provider": "local", "filename": f"notes-{n}.pdf",
-            "storage_key": f"{institution_id}/{'ready/' if status == 'ready' else ''}{file_id}",
+            "storage_key": upload_key(institution_id, file_id) if status == "pending"
+            else final_key(institution_id, file_id),
             "content_type": "application/pdf", "size": 1024, "status": status,
             "created_at": NOW - age - timedelta(seconds=n % 86_400)})
     return rows
