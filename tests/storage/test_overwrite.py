@@ -4,6 +4,7 @@ final key is not kept. On the ``local`` provider and on S3 (moto)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -334,3 +335,41 @@ def test_files_from_before_final_keys_keep_working(app, factories):
         assert client.delete(f"/api/v1/files/{file_id}",
                              headers=w.auth(w.instructor)).status_code == 204
     assert _stored(app) == []
+
+
+def test_concurrent_confirms_copy_once(app, factories, monkeypatch):
+    client = app.test_client()
+    w = world(factories)
+    asked = _ask_local(client, w, create_course(client, w))
+    assert _put(client, asked, PDF).status_code == 204
+    both_checked = threading.Barrier(2, timeout=30)
+    stat, finalize = LocalStorage.stat, LocalStorage.finalize
+    copies: list[str] = []
+
+    def stat_together(self: LocalStorage, key: str) -> Any:
+        checked = stat(self, key)
+        both_checked.wait()  # neither takes the lock before both have checked
+        return checked
+
+    def counted_finalize(self: LocalStorage, *args: Any) -> Any:
+        copies.append(args[1])
+        return finalize(self, *args)
+
+    monkeypatch.setattr(LocalStorage, "stat", stat_together)
+    monkeypatch.setattr(LocalStorage, "finalize", counted_finalize)
+    answers: list[Any] = []
+
+    def confirm() -> None:
+        response = _confirm(app.test_client(), w, asked["id"])
+        answers.append((response.status_code, response.get_json()))
+
+    threads = [threading.Thread(target=confirm) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [status for status, _ in answers] == [200, 200]
+    assert answers[0][1] == answers[1][1] and answers[0][1]["status"] == "ready"
+    assert copies == [f"{w.school.id}/ready/{asked['id']}"]
+    monkeypatch.setattr(LocalStorage, "stat", stat)
+    assert client.get(_download(client, w, asked["id"])).data == PDF
