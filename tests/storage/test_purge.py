@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from click.testing import CliRunner
 from sqlalchemy import select, update
 
@@ -19,7 +20,15 @@ from kalpla_core.jobs.models import Job
 from kalpla_core.storage.local import LocalStorage
 from kalpla_core.storage.models import StoredFile
 from kalpla_core.storage.purge import JOB, PurgeResult, purge_pending
+from kalpla_core.testing import Factories
 from tests.courses.structure_support import World, create_course, ok, problem, world
+from tests.storage.test_s3 import (  # noqa: F401  (s3: the moto fixture)
+    BUCKET,
+    VIDEO,
+    _default_encryption,
+    _s3_app,
+    s3,
+)
 
 PDF = b"%PDF-1.7\n" + bytes(range(256)) * 8
 
@@ -236,3 +245,24 @@ def test_a_file_purged_while_its_confirm_checks_it_is_not_kept(app, client, fact
     monkeypatch.setattr(LocalStorage, "stat", stat_then_purge)
     problem(_confirm(client, w, asked["id"]), 404)
     assert _rows(app) == {} and _stored(app) == []
+
+
+def test_abandoned_s3_uploads_are_purged(make_app, s3):  # noqa: F811
+    _default_encryption(s3, "AES256")
+    app = _s3_app(make_app)
+    client = app.test_client()
+    w = world(Factories(app))
+    asked = ok(client.post("/api/v1/files", headers=w.auth(w.instructor), json={
+        "course_id": create_course(client, w), "purpose": "video", "filename": "a.mp4",
+        "content_type": "video/mp4", "size": len(VIDEO)}), 201)
+    upload = asked["upload"]
+    assert requests.post(upload["url"], data=upload["fields"], timeout=5, files={
+        "file": ("a.mp4", VIDEO, "video/mp4")}).status_code == 204
+    # As if a confirm had copied it and then failed to commit.
+    s3.copy_object(Bucket=BUCKET, Key=f"{w.school.id}/ready/{asked['id']}",
+                   CopySource={"Bucket": BUCKET, "Key": f"uploads/{w.school.id}/{asked['id']}"})
+    assert s3.list_objects_v2(Bucket=BUCKET)["KeyCount"] == 2
+    _age(app, [asked["id"]], 90)
+    assert purge_pending(app.extensions["kalpla"]) == PurgeResult(1, 0)
+    assert s3.list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
+    assert _rows(app) == {}
