@@ -16,6 +16,8 @@ class StoredFile(Base):
     __table_args__ = (
         # A course's resource list, page by page in order.
         Index("ix_files_course_listing", "course_id", "purpose", "status", "created_at", "id"),
+        # The purge of abandoned uploads: old pending files, oldest first.
+        Index("ix_files_status_created", "status", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
