@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
             if engine.dialect.name == "postgresql":
                 with engine.connect() as conn:
                     conn.exec_driver_sql("ANALYZE")  # as autovacuum would, soon after a load
+                    conn.commit()  # else the statistics are rolled back with the transaction
             print(f"loaded {size - loaded} courses ({words} search words) in "
                   f"{time.perf_counter() - started:.1f}s; {size} in all", flush=True)
             loaded = size

@@ -5,22 +5,27 @@ and words follow every change of their course."""
 
 from __future__ import annotations
 
+import os
 import random
+import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, inspect, select
+from sqlalchemy import insert, inspect, select, text, update
 
 from kalpla_core import migrate
 from kalpla_core.courses import catalog, service
 from kalpla_core.courses.models import Course, CourseInstructor, CourseSearchTerm, CourseTag
 from kalpla_core.db import new_id
+from kalpla_core.enrollment.state import lock_course
 from kalpla_core.identity.models import User
 
 URL = "/api/v1/courses"
+ON_POSTGRES = (os.environ.get("KALPLA_TEST_DATABASE_URL") or "").startswith("postgresql")
 START = datetime(2024, 1, 1, tzinfo=UTC)
 LEVELS = ("beginner", "intermediate", "advanced", "all")
 LANGUAGES = ("en", "hi", "ta")
@@ -339,6 +344,49 @@ def test_the_copied_sort_keys_follow_every_change_of_their_course(client, factor
     assert client.post(f"{URL}/{course_id}/archive", headers=h).status_code == 200
     assert _copies_disagree(kalpla) == []
     assert client.get(URL, query_string={"tag": "d"}).json["items"] == []
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not ON_POSTGRES, reason="needs KALPLA_TEST_DATABASE_URL (PostgreSQL)")
+def test_a_tag_added_while_an_enrollment_commits_copies_the_new_count(client, factories):
+    """The editor reads the count under the lock enrollment writers hold: it waits for the
+    enrollment's commit and copies the count that one left, not the one before it."""
+    kalpla = factories.kalpla
+    school = factories.institution("school")
+    mentor = factories.user(roles={school: ["mentor"]})
+    h = factories.auth(mentor, school)
+    course_id = client.post(URL, headers=h, json={"slug": "c", "title": "C"}).json["id"]
+    assert client.post(f"{URL}/{course_id}/publish", headers=h).status_code == 200
+    etag = client.get(f"{URL}/{course_id}", headers=h).headers["ETag"]
+    with kalpla.db.session() as enrolling:
+        lock_course(enrolling, course_id)  # as the enrollment service does, then counts
+        enrolling.execute(update(Course).where(Course.id == course_id)
+                          .values(enrollment_count=7))
+        catalog.sync_enrollment_count(enrolling, course_id, 7)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            editing = pool.submit(lambda: kalpla.app.test_client().patch(
+                f"{URL}/{course_id}", headers={**h, "If-Match": etag}, json={"tags": ["new"]}))
+            _wait_for_a_lock_wait(kalpla, editing)
+            enrolling.commit()
+            r = editing.result()
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert _copies_disagree(kalpla) == []
+    assert client.get(URL, query_string={"tag": "new", "sort": "popularity"}).json[
+        "items"][0]["enrollment_count"] == 7
+
+
+def _wait_for_a_lock_wait(kalpla: Any, editing: Future[Any]) -> None:
+    """Until another connection waits for a row lock (or the edit is over, which fails the
+    test: it should have waited)."""
+    with kalpla.db.engine.connect() as conn:
+        for _ in range(600):
+            assert not editing.done(), editing.result().get_data(as_text=True)
+            if conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE "
+                                "wait_event_type = 'Lock' AND datname = current_database()")):
+                return
+            conn.rollback()
+            threading.Event().wait(0.05)
+    raise AssertionError("the edit never waited for the enrollment")
 
 
 def test_the_migration_fills_the_copies_and_its_downgrade_restores_the_indexes(
