@@ -97,21 +97,30 @@ def read_rtmp_token(secret_key: str, token: str) -> dict[str, Any] | None:
         return None
 
 
-def recording_token(secret_key: str, *, key: str, now: datetime, ttl: int) -> str:
+def recording_token(secret_key: str, *, key: str, now: datetime, ttl: int,
+                    name: str | None = None) -> str:
     """A link's token to a recording (a file's storage key): whoever holds it may fetch that
-    recording until it expires, as long as the file exists."""
-    claims = {"key": key, "aud": RECORDING_AUDIENCE, "iat": int(now.timestamp()),
-              "exp": int((now + timedelta(seconds=ttl)).timestamp())}
+    recording until it expires, as long as the file exists. ``name`` binds it to one playlist
+    of the recording, so a link to a rendition cannot fetch the master playlist (whose links
+    are fresh) and outlive its expiry."""
+    claims: dict[str, Any] = {"key": key, "aud": RECORDING_AUDIENCE,
+                              "iat": int(now.timestamp()),
+                              "exp": int((now + timedelta(seconds=ttl)).timestamp())}
+    if name is not None:
+        claims["name"] = name
     return jwt.encode(claims, derive_key(secret_key, RECORDING_TOKEN_PURPOSE), algorithm="HS256")
 
 
-def read_recording_token(secret_key: str, token: str) -> str | None:
-    """The storage key of a valid, unexpired recording token, else None."""
+def read_recording_token(secret_key: str, token: str, name: str | None = None) -> str | None:
+    """The storage key of a valid, unexpired recording token, else None; with ``name``, only
+    a token bound to that playlist is valid."""
     try:
         claims = jwt.decode(token, derive_key(secret_key, RECORDING_TOKEN_PURPOSE),
                             algorithms=["HS256"], audience=RECORDING_AUDIENCE,
                             options={"require": ["exp", "key"]})
     except jwt.PyJWTError:
+        return None
+    if name is not None and claims.get("name") != name:
         return None
     key = claims.get("key")
     return key if isinstance(key, str) else None

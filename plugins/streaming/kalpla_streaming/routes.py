@@ -208,13 +208,16 @@ class RecordingPlaylist(MethodView):
     def get(self, args: dict[str, Any], name: str) -> Any:
         """A playlist of an Amazon IVS recording (a lesson's ``ivs-recording`` file), through
         the signed link its download URL is: the renditions' playlists it names are signed
-        links to this route, its segments presigned S3 URLs. 403 when the link is altered or
-        expired, 404 once the file is deleted."""
-        key = read_recording_token(kalpla().settings.secret_key, args["token"])
+        links to this route, its segments presigned S3 URLs. 403 when the link is altered,
+        expired or another playlist's, 404 once the file is deleted."""
+        if not hls.is_playlist_name(name):
+            raise APIError(404, "There is no such recording.", "not-found")
+        # The token names the playlist it links to: a rendition's link cannot be turned
+        # into the master playlist's, whose links would be fresh ones.
+        key = read_recording_token(kalpla().settings.secret_key, args["token"], name)
         if key is None:
             raise APIError(403, "The link is not valid or has expired.", "forbidden")
-        if not hls.is_playlist_name(name) or find_file(
-                db_session(), provider=recordings.IVS_STORAGE, storage_key=key) is None:
+        if find_file(db_session(), provider=recordings.IVS_STORAGE, storage_key=key) is None:
             raise APIError(404, "There is no such recording.", "not-found")
         storage = kalpla().providers.get("storage", recordings.IVS_STORAGE, current_app)
         try:

@@ -226,16 +226,20 @@ def test_altered_expired_or_deleted_links_serve_nothing(make_app, aws):
     problem(s.client.get(f"{recordings}/master.m3u8?token={token[:-2]}xx"), 403)
     problem(s.client.get(f"{recordings}/master.m3u8"), 422)
     problem(s.client.get(f"{recordings}/../master.m3u8?token={token}"), 404)
-    problem(s.client.get(f"{recordings}/1080p60/playlist.m3u8?token={token}"), 404)
+    # The master playlist's token is for the master playlist only.
+    problem(s.client.get(f"{recordings}/1080p60/playlist.m3u8?token={token}"), 403)
     problem(s.client.get(f"{recordings}/720p30/0.ts?token={token}"), 404)  # not a playlist
 
     # Expired: a link's token lasts what the download asked (minutes for a playlist).
     key = f"s3://{BUCKET}/{PREFIX}"
     stale = recording_token(s.kalpla.settings.secret_key, key=key,
-                            now=utcnow() - timedelta(minutes=10), ttl=300)
+                            now=utcnow() - timedelta(minutes=10), ttl=300, name="master.m3u8")
     problem(s.client.get(f"{recordings}/master.m3u8?token={stale}"), 403)
-    fresh = recording_token(s.kalpla.settings.secret_key, key=key, now=utcnow(), ttl=300)
+    fresh = recording_token(s.kalpla.settings.secret_key, key=key, now=utcnow(), ttl=300,
+                            name="master.m3u8")
     assert s.client.get(f"{recordings}/master.m3u8?token={fresh}").status_code == 200
+    unbound = recording_token(s.kalpla.settings.secret_key, key=key, now=utcnow(), ttl=300)
+    problem(s.client.get(f"{recordings}/master.m3u8?token={unbound}"), 403)
 
     # Deleted by the course's staff: the objects go with it, and its links stop working.
     assert s.client.delete(f"/api/v1/files/{file_id}",
@@ -244,6 +248,29 @@ def test_altered_expired_or_deleted_links_serve_nothing(make_app, aws):
     assert listed.get("KeyCount", 0) == 0
     problem(s.client.get(_local(url)), 404)
     assert s.live().recording_file_id is None
+
+
+def test_a_renditions_link_cannot_renew_itself_through_the_master_playlist(make_app, aws):
+    # The links inside a playlist last hours; were a rendition's token good for the master
+    # playlist too, each fetch of it would hand out fresh hours, and a link would never end.
+    s = _school(make_app)
+    _write_recording(s)
+    arn, end = _ended_session(s)
+    ok(_eventbridge(s, recording_event(arn, end + timedelta(minutes=2), BUCKET, PREFIX)))
+    file_id = s.live().recording_file_id
+    url = ok(s.client.get(f"/api/v1/files/{file_id}/download",
+                          headers=s.auth(s.enrolled)))["url"]
+    variants = _uris(ok_text(s.client.get(_local(url))))
+    token = parse_qs(urlsplit(variants[0]).query)["token"][0]
+    recordings = "/api/v1/streaming/recordings"
+    assert s.client.get(f"{recordings}/720p30/playlist.m3u8?token={token}").status_code == 200
+    problem(s.client.get(f"{recordings}/master.m3u8?token={token}"), 403)
+    problem(s.client.get(f"{recordings}/360p30/playlist.m3u8?token={token}"), 403)
+
+
+def ok_text(response: Any) -> str:
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return str(response.get_data(as_text=True))
 
 
 def test_no_master_playlist_means_no_file(make_app, aws):

@@ -61,9 +61,10 @@ class _Recordings:
     def __init__(self, app: Any) -> None:
         self._kalpla = app.extensions["kalpla"]
 
-    def _token(self, key: str, ttl: int, now: datetime | None = None) -> str:
+    def _token(self, key: str, ttl: int, now: datetime | None = None,
+               name: str | None = None) -> str:
         return recording_token(self._kalpla.settings.secret_key, key=key,
-                               now=now or utcnow(), ttl=ttl)
+                               now=now or utcnow(), ttl=ttl, name=name)
 
     def upload(self, key: str, *, content_type: str, size: int, filename: str,
                ttl: int) -> Any:
@@ -84,7 +85,7 @@ class IVSRecordingStorage(_Recordings):
 
     def _link(self, key: str, name: str, ttl: int, now: datetime | None = None) -> str:
         return (f"{self._kalpla.settings.base_url}{RECORDINGS_PATH}{quote(name)}"
-                f"?token={self._token(key, ttl, now)}")
+                f"?token={self._token(key, ttl, now, name)}")
 
     def stat(self, key: str) -> StoredObject | None:
         location = parse_s3(key)
