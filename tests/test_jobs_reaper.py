@@ -274,6 +274,32 @@ def test_a_refused_hand_over_leaves_the_job_queued(kalpla, monkeypatch, caplog):
     assert any(getattr(rec, "job_id", None) in left for rec in caplog.records)
 
 
+def test_a_sweep_reads_a_bounded_batch_of_each_kind(kalpla, submitted, monkeypatch):
+    # A backlog (workers down for hours) is settled a batch per sweep, oldest first, and
+    # never read whole.
+    from kalpla_core.jobs import reaper
+    from kalpla_core.testing import count_queries
+
+    monkeypatch.setattr(reaper, "QUEUED_BATCH", 2)
+    monkeypatch.setattr(reaper, "RUNNING_BATCH", 2)
+    left = [add_job(kalpla, status="queued", age=HOUR + timedelta(minutes=10 - i), upto=1)
+            for i in range(3)]
+    lost = [add_job(kalpla, status="running", age=2 * HOUR + timedelta(minutes=10 - i))
+            for i in range(3)]
+    with count_queries(kalpla.db.engine) as counter:
+        report = kalpla.jobs.reap()
+    # The sweep's reads by status (not the runner's reads of one job by id).
+    reads = [st for st in counter.statements
+             if st.lstrip().upper().startswith("SELECT") and "WHERE jobs.status" in st]
+    assert reads and all("LIMIT" in st.upper() for st in reads)
+    assert sorted(report.failed) == sorted(lost[:2])
+    assert report.dispatched == left[:2]
+    assert kalpla.jobs.wait(10)
+    assert row(kalpla, lost[2]).status == "running"  # the next sweep's
+    assert kalpla.jobs.reap().failed == [lost[2]]
+    assert kalpla.jobs.wait(10)
+
+
 # --- where it runs ---------------------------------------------------------------------------
 
 def test_sweeper_reaps_at_once_and_stops_with_the_app(kalpla):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from kalpla_core.db import utcnow
@@ -39,6 +39,7 @@ log = logging.getLogger("kalpla.jobs")
 QUEUED_GRACE = 300  # seconds a job may wait in a queue before it is handed over again
 SWEEP_INTERVAL = 300  # seconds between the sweeps of a serving process
 QUEUED_BATCH = 500  # queued jobs handed over per sweep, oldest first
+RUNNING_BATCH = 500  # lost runs settled per sweep, oldest first; the rest by the next sweeps
 
 
 def lost_message(timeout: int) -> str:
@@ -61,15 +62,18 @@ def reap(jobs: Jobs, now: datetime | None = None, queued_grace: int = QUEUED_GRA
     shortest = min([jobs.timeout_of(name) for name in jobs.specs]
                    + [jobs.kalpla.settings.job_timeout])
     with jobs.kalpla.db.session() as s:
-        # One read for both kinds, through the (status, created_at) index.
-        rows = s.execute(select(Job.id, Job.name, Job.status, Job.error).where(or_(
-            and_(Job.status == "running", Job.started_at < now - timedelta(seconds=shortest)),
-            and_(Job.status == "queued",
-                 Job.created_at < now - timedelta(seconds=queued_grace))))
-            .order_by(Job.created_at, Job.id)).all()
-        for job_id, name, _status, error in (r for r in rows if r.status == "running"):
+        # Each kind read through the (status, created_at) index, oldest first and bounded: a
+        # backlog of queued jobs (workers down for hours) is never read whole. Queued ones
+        # first, so the runs queued again below are not among them (they are handed over
+        # once, below).
+        left = list(s.scalars(select(Job.id).where(
+            Job.status == "queued", Job.created_at < now - timedelta(seconds=queued_grace))
+            .order_by(Job.created_at, Job.id).limit(QUEUED_BATCH)))
+        running = s.execute(select(Job.id, Job.name, Job.error).where(
+            Job.status == "running", Job.started_at < now - timedelta(seconds=shortest))
+            .order_by(Job.created_at, Job.id).limit(RUNNING_BATCH)).all()
+        for job_id, name, error in running:
             _settle_lost_run(s, jobs, now, job_id, name, error, report)
-    left = [r.id for r in rows if r.status == "queued"][:QUEUED_BATCH]
     for job_id in [*report.requeued, *left]:
         try:
             jobs.runner.submit(job_id)
