@@ -210,6 +210,11 @@ def confirm_upload(session: Session, kalpla: Kalpla, caller: courses.Caller,
     # Read without a lock: checking a large object takes a while.
     obj = provider.stat(key)
     if obj is None:
+        # A concurrent confirm may have made it ready and deleted the upload key meanwhile.
+        current = session.scalars(select(StoredFile).where(StoredFile.id == file_id)
+                                  .execution_options(populate_existing=True)).one_or_none()
+        if current is not None and current.status == "ready":
+            return current
         raise APIError(422, "Nothing has been uploaded for this file yet.", "upload-missing")
     errors = object_errors(kalpla.settings, file, obj, provider.required_encryption)
     if errors:

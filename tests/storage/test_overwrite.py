@@ -373,3 +373,30 @@ def test_concurrent_confirms_copy_once(app, factories, monkeypatch):
     assert copies == [f"{w.school.id}/ready/{asked['id']}"]
     monkeypatch.setattr(LocalStorage, "stat", stat)
     assert client.get(_download(client, w, asked["id"])).data == PDF
+
+
+def test_a_confirm_checking_after_another_made_the_file_ready_answers_alike(app, factories,
+                                                                             monkeypatch):
+    # A retried confirm read the file as pending, then the first confirm committed and
+    # deleted the upload key before the retry looked at it: the file is ready, not missing.
+    client = app.test_client()
+    w = world(factories)
+    asked = _ask_local(client, w, create_course(client, w))
+    assert _put(client, asked, PDF).status_code == 204
+    stat = LocalStorage.stat
+    first: list[Any] = []
+
+    def stat_after_the_other_confirm(self: LocalStorage, key: str) -> Any:
+        if not first:
+            first.append(None)
+            other = threading.Thread(target=lambda: first.append(
+                _confirm(app.test_client(), w, asked["id"]).status_code))
+            other.start()
+            other.join(60)
+        return stat(self, key)
+
+    monkeypatch.setattr(LocalStorage, "stat", stat_after_the_other_confirm)
+    body = ok(_confirm(client, w, asked["id"]))
+    assert first == [None, 200]
+    assert body["status"] == "ready"
+    assert client.get(_download(client, w, asked["id"])).data == PDF
