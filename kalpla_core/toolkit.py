@@ -196,7 +196,8 @@ def add_file(session: Any, *, institution_id: str, course_id: str, lesson_id: st
     ``storage_key``; its id. It is read like any file (of a lesson: by whoever may read the
     lesson), its download URL comes from ``provider``'s ``download_url`` and its deletion
     calls ``provider``'s ``delete``. Idempotent: a file already recorded at ``storage_key``
-    (by ``provider``) is the answer, also when a concurrent call recorded it first."""
+    (by ``provider``, for the course) is the answer, also when a concurrent call recorded it
+    first; a file of another course or provider there is a ValueError."""
     from sqlalchemy import select
     from sqlalchemy.exc import IntegrityError
 
@@ -214,11 +215,21 @@ def add_file(session: Any, *, institution_id: str, course_id: str, lesson_id: st
         lesson = session.get(Lesson, lesson_id)
         if lesson is None or lesson.course_id != course_id:
             raise ValueError("the lesson is not the course's")
-    existing = session.scalar(select(StoredFile).where(StoredFile.storage_key == storage_key))
-    if existing is not None:
-        if existing.provider != provider or existing.status != "ready":
+    def recorded() -> str | None:
+        # The file at the key, if it is this one: another course's (or institution's) is
+        # never handed out as this course's.
+        existing = session.scalar(select(StoredFile).where(
+            StoredFile.storage_key == storage_key).execution_options(populate_existing=True))
+        if existing is None:
+            return None
+        if (existing.provider, existing.status, existing.institution_id,
+                existing.course_id) != (provider, "ready", institution_id, course_id):
             raise ValueError("another file is recorded at that storage key")
-        return existing.id
+        return str(existing.id)
+
+    found = recorded()
+    if found is not None:
+        return found
     file = StoredFile(
         id=_new_id(), institution_id=institution_id, owner_id=owner_id, course_id=course_id,
         lesson_id=lesson_id, purpose=purpose, provider=provider, storage_key=storage_key,
@@ -228,7 +239,7 @@ def add_file(session: Any, *, institution_id: str, course_id: str, lesson_id: st
         with session.begin_nested():
             session.add(file)
     except IntegrityError:
-        found = find_file(session, provider=provider, storage_key=storage_key)
+        found = recorded()
         if found is None:
             raise
         return found

@@ -71,6 +71,8 @@ def test_what_add_file_refuses(app, client, w):
     _add(app, w, course_id, lesson_id, key="rec/2")
     with pytest.raises(ValueError, match="another file"):
         _add(app, w, course_id, lesson_id, key="rec/2", provider="s3")
+    with pytest.raises(ValueError, match="another file"):  # another course's file there
+        _add(app, w, second, None, key="rec/2")
     with app.extensions["kalpla"].db.session() as s, pytest.raises(ValueError, match="purpose"):
         add_file(s, institution_id=w.school.id, course_id=course_id, lesson_id=None,
                  provider="local", storage_key="rec/3", filename="x", content_type="video/mp4",
