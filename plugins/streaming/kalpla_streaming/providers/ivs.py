@@ -26,7 +26,7 @@ from urllib.parse import quote
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import select
 
-from kalpla_core.toolkit import APIError
+from kalpla_core.toolkit import APIError, Course
 from kalpla_streaming.keys import (
     PLAYBACK_KEY_PURPOSE,
     STREAM_KEY_PURPOSE,
@@ -237,7 +237,7 @@ class IVSProvider:
                     continue  # not ours
                 if session_id is not None and live is not None and live.status != "cancelled":
                     continue
-                if channel_id is not None and ctx.session.get(Channel, channel_id) is not None:
+                if channel_id is not None and _course_channel_kept(ctx, channel_id, tags):
                     continue
                 pruned.append(channel["arn"])
                 if dry_run:
@@ -250,6 +250,16 @@ class IVSProvider:
             token = page.get("nextToken")
             if not token:
                 return pruned
+
+
+def _course_channel_kept(ctx: ProviderContext, channel_id: str, tags: dict[str, Any]) -> bool:
+    """A course's channel is kept while its row exists, or else while its course does: a
+    first broadcast makes the IVS channel before its row is committed, so no row may only
+    mean one not yet to be seen (the row goes with the course)."""
+    if ctx.session.get(Channel, channel_id) is not None:
+        return True
+    course_id = tags.get("kalpla:course")
+    return course_id is not None and ctx.session.get(Course, course_id) is not None
 
 
 def _naming(channel: ChannelRow) -> dict[str, Any]:
