@@ -177,10 +177,12 @@ def sync_enrollment_count(session: Session, course_id: str, count: int) -> None:
 
 
 def _prefix(column: InstrumentedAttribute[str], word: str, dialect: str) -> ColumnElement[bool]:
-    """``column`` starts with ``word``, in the form the column's index answers."""
+    """``column`` starts with ``word``, as a range of the column's index: on PostgreSQL with
+    the byte-wise operators of text_pattern_ops, whatever the database collation (and, unlike
+    ``LIKE`` with a parameter, in a prepared statement's generic plan too)."""
     if dialect == "postgresql":
-        escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return column.like(escaped + "%", escape="\\")
+        return and_(column.op("~>=~", is_comparison=True)(word),
+                    column.op("~<~", is_comparison=True)(word + _TOP))
     return and_(column >= word, column < word + _TOP)
 
 
@@ -311,14 +313,15 @@ _TERMS_SQL = {
                   AND term < :top ORDER BY term LIMIT 1), n + 1
           FROM found WHERE found.term IS NOT NULL AND n <= :most)
         SELECT term FROM found WHERE term IS NOT NULL""",
-    # ~>~ and ~<~ are the operators of the text_pattern_ops indexes.
+    # ~>=~, ~>~ and ~<~ compare like SQLite (bytes) and are the operators of the
+    # text_pattern_ops indexes; unlike LIKE with a parameter, a prepared plan uses them too.
     "postgresql": """
         WITH RECURSIVE found(term, n) AS (
-          SELECT (SELECT term FROM course_search_terms WHERE term LIKE :pattern ESCAPE '\\'
-                  ORDER BY term USING ~<~ LIMIT 1), 1
+          SELECT (SELECT term FROM course_search_terms WHERE term ~>=~ :word
+                  AND term ~<~ :top ORDER BY term USING ~<~ LIMIT 1), 1
           UNION ALL
-          SELECT (SELECT term FROM course_search_terms WHERE term LIKE :pattern ESCAPE '\\'
-                  AND term ~>~ found.term ORDER BY term USING ~<~ LIMIT 1), n + 1
+          SELECT (SELECT term FROM course_search_terms WHERE term ~>~ found.term
+                  AND term ~<~ :top ORDER BY term USING ~<~ LIMIT 1), n + 1
           FROM found WHERE found.term IS NOT NULL AND n <= :most)
         SELECT term FROM found WHERE term IS NOT NULL""",
 }
@@ -327,9 +330,8 @@ _TERMS_SQL = {
 def _terms(session: Session, word: str, dialect: str) -> list[str] | None:
     """The stored terms ``word`` is a prefix of, when there are at most ``MERGED_TERMS``;
     else None."""
-    pattern = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     terms = list(session.scalars(text(_TERMS_SQL[dialect]), {
-        "word": word, "top": word + _TOP, "pattern": pattern, "most": MERGED_TERMS}))
+        "word": word, "top": word + _TOP, "most": MERGED_TERMS}))
     return terms if len(terms) <= MERGED_TERMS else None
 
 

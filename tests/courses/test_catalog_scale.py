@@ -375,6 +375,29 @@ def test_a_tag_added_while_an_enrollment_commits_copies_the_new_count(client, fa
         "items"][0]["enrollment_count"] == 7
 
 
+@pytest.mark.postgres
+@pytest.mark.skipif(not ON_POSTGRES, reason="needs KALPLA_TEST_DATABASE_URL (PostgreSQL)")
+def test_the_terms_of_a_word_are_looked_up_by_index_in_a_prepared_plan(client, factories):
+    """psycopg prepares a statement run often, and PostgreSQL may then plan it once for any
+    parameters: the look-up must still be an index range (``term LIKE $1`` would read every
+    term of the catalog)."""
+    cat = _catalog(factories)
+    cat.fill(50)
+    sql = catalog._TERMS_SQL["postgresql"]
+    for n, name in enumerate((":word", ":top", ":most"), start=1):
+        sql = sql.replace(name, f"${n}")
+    with factories.kalpla.db.engine.connect() as conn:
+        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        conn.exec_driver_sql(f"PREPARE terms (text, text, int) AS {sql}")
+        plan = "\n".join(row[0] for row in conn.exec_driver_sql(
+            "EXPLAIN EXECUTE terms ('pyth', 'pyth' || chr(1114111), 32)"))
+        found = conn.exec_driver_sql("EXECUTE terms ('pyth', 'pyth' || chr(1114111), 32)")
+        assert [row[0] for row in found] == ["python", "pythonic"]
+    assert "$1" in plan, plan  # the generic plan, for any word
+    assert "Index Cond: ((term ~>=~ $1) AND (term ~<~ $2))" in plan.replace("::text", ""), plan
+    assert "Seq Scan" not in plan and "~~" not in plan, plan
+
+
 def _wait_for_a_lock_wait(kalpla: Any, editing: Future[Any]) -> None:
     """Until another connection waits for a row lock (or the edit is over, which fails the
     test: it should have waited)."""
