@@ -226,6 +226,27 @@ class ProviderEvent(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class HeldRefund(Base):
+    """A gateway's refund of a payment no order has yet: a renewal's refund can overtake the
+    renewal's own event, and the refund alone does not say what was renewed. It is applied
+    (and deleted) when an order takes that payment, whichever event comes first."""
+
+    __tablename__ = "payments_held_refunds"
+    __table_args__ = (CheckConstraint("total_refunded > 0", name="total_refunded"),
+                      Index("ix_payments_held_refunds_payment", "institution_id", "provider",
+                            "payment_id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    institution_id: Mapped[str] = mapped_column(
+        ForeignKey("institutions.id", ondelete="CASCADE"))
+    provider: Mapped[str] = mapped_column(String(32))
+    payment_id: Mapped[str] = mapped_column(String(200))
+    total_refunded: Mapped[int] = mapped_column(Integer)  # the event's total for the payment
+    event_id: Mapped[str] = mapped_column(String(200))
+    event_type: Mapped[str] = mapped_column(String(100))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Subscription(TimestampMixin, Base):
     __tablename__ = "payments_subscriptions"
     __table_args__ = (
@@ -263,4 +284,4 @@ class Credentials(TimestampMixin, Base):
 
 
 MODELS: list[type[Any]] = [CoursePrice, Plan, PlanCourse, Coupon, Order, OrderEvent, Refund,
-                           InvoiceCounter, ProviderEvent, Subscription, Credentials]
+                           InvoiceCounter, ProviderEvent, HeldRefund, Subscription, Credentials]

@@ -24,6 +24,7 @@ from kalpla_payments import access, credentials, events
 from kalpla_payments.models import (
     Coupon,
     CoursePrice,
+    HeldRefund,
     InvoiceCounter,
     Order,
     OrderEvent,
@@ -179,7 +180,10 @@ def lock(session: Session, order_id: str) -> Order:
     return order
 
 
-def _next_invoice_number(session: Session, institution_id: str) -> int:
+def lock_counter(session: Session, institution_id: str) -> InvoiceCounter:
+    """The institution's invoice counter, locked until the transaction ends (created at the
+    first use). Everything that gives an order a payment takes it, so it also serialises
+    that with a refund event looking for the payment's order (see ``release_held_refunds``)."""
     counter = session.scalar(select(InvoiceCounter).where(
         InvoiceCounter.institution_id == institution_id).with_for_update()
         .execution_options(populate_existing=True))
@@ -190,9 +194,55 @@ def _next_invoice_number(session: Session, institution_id: str) -> int:
             InvoiceCounter.institution_id == institution_id).with_for_update()
             .execution_options(populate_existing=True))
         assert counter is not None
+    return counter
+
+
+def _next_invoice_number(session: Session, institution_id: str) -> int:
+    counter = lock_counter(session, institution_id)
     counter.last_number += 1
     session.flush()
     return counter.last_number
+
+
+def hold_refund(session: Session, institution_id: str, provider: str, payment_id: str,
+                total_refunded: int, event_id: str, event_type: str, now: datetime) -> None:
+    """Keep a gateway's refund of a payment no order has yet (a renewal's refund that
+    overtook the renewal's own event). The caller holds the counter lock and has looked for
+    the order under it: the order that takes the payment later finds this row."""
+    if total_refunded <= 0:
+        return
+    session.add(HeldRefund(institution_id=institution_id, provider=provider,
+                           payment_id=payment_id[:200], total_refunded=total_refunded,
+                           event_id=event_id[:200], event_type=event_type[:100],
+                           received_at=now))
+    session.flush()
+
+
+def release_held_refunds(session: Session, kalpla: Any, order: Order, now: datetime) -> int:
+    """Apply the refunds held for the payment this paid order just took, smallest total first
+    (each is the gateway's total at its time), and drop them; the amount newly refunded.
+
+    Exactly once whatever the order of events: the refund's event looks for the order and
+    holds the refund under the counter lock, and this runs under that lock after the order
+    took the payment, so one of the two always sees the other's committed work."""
+    if not order.provider_payment_id or order.status not in PAID_STATES:
+        return 0
+    lock_counter(session, order.institution_id)
+    held = list(session.scalars(select(HeldRefund).where(
+        HeldRefund.institution_id == order.institution_id,
+        HeldRefund.provider == order.provider,
+        HeldRefund.payment_id == order.provider_payment_id)
+        .order_by(HeldRefund.total_refunded, HeldRefund.id)))
+    refunded = 0
+    for row in held:
+        refunded += apply_refund(session, kalpla, order, total_refunded=row.total_refunded,
+                                 actor=f"provider:{row.provider}:{row.event_id}",
+                                 reason=f"{row.event_type} of {row.received_at:%Y-%m-%d %H:%M} "
+                                        "UTC, held until its payment's order was known",
+                                 reference=None, now=now)
+        session.delete(row)
+    session.flush()
+    return refunded
 
 
 def mark_paid(session: Session, kalpla: Any, order: Order, *, amount: int,
@@ -206,6 +256,7 @@ def mark_paid(session: Session, kalpla: Any, order: Order, *, amount: int,
         if payment_id and not order.provider_payment_id:
             order.provider_payment_id = payment_id
             session.flush()
+            release_held_refunds(session, kalpla, order, now)
         return False
     if amount < order.total:
         raise APIError(409, f"{amount} {order.currency} was paid of {order.total}.",
@@ -225,6 +276,7 @@ def mark_paid(session: Session, kalpla: Any, order: Order, *, amount: int,
     session.flush()
     access.fulfil(session, kalpla, order, now)
     events.order_paid(session, kalpla, order, now)
+    release_held_refunds(session, kalpla, order, now)
     return True
 
 
@@ -249,10 +301,13 @@ def mark_processing(session: Session, order: Order, *, actor: str, reason: str,
 
 def record_renewal(session: Session, kalpla: Any, sub: Subscription, *, provider: str,
                    ref: str, payment_id: str | None, amount: int, currency: str | None,
-                   tax: int | None, actor: str, reason: str, now: datetime) -> Order | None:
+                   tax: int | None, actor: str, reason: str, now: datetime,
+                   paid_at: datetime | None = None) -> Order | None:
     """A paid order of kind ``renewal`` for a subscription's later charge, with the next
     invoice number, announced as paid. The charge's ``ref`` is unique per provider (as a
-    checkout's is): a second event for it inserts nothing and None is returned.
+    checkout's is): a second event for it inserts nothing and None is returned. ``paid_at``
+    is when the gateway charged (a renewal found late by ``reconcile`` counts on its own
+    day), never later than ``now``. Refunds of its payment that came first are applied.
 
     The gateway charges what the plan's checkout asked for, tax included, so the tax is the
     gateway's when it computed one, else the part of the amount at the first order's rate."""
@@ -277,7 +332,8 @@ def record_renewal(session: Session, kalpla: Any, sub: Subscription, *, provider
         subtotal=amount if inclusive else amount - tax, discount=0, tax=tax, total=amount,
         tax_rate_bp=rate, tax_inclusive=inclusive, provider=provider, provider_ref=ref,
         provider_payment_id=payment_id, amount_paid=amount, amount_refunded=0,
-        payment_reference=payment_id or ref, paid_at=now, created_at=now, updated_at=now,
+        payment_reference=payment_id or ref, paid_at=min(paid_at or now, now),
+        created_at=now, updated_at=now,
         version=1).returning(Order.id)).scalar()
     if order_id is None:
         return None
@@ -285,7 +341,8 @@ def record_renewal(session: Session, kalpla: Any, sub: Subscription, *, provider
     order.invoice_number = _next_invoice_number(session, order.institution_id)
     record(session, order, "paid", actor, reason, now, amount)
     session.flush()
-    events.order_paid(session, kalpla, order, now)
+    events.order_paid(session, kalpla, order, order.paid_at or now)
+    release_held_refunds(session, kalpla, order, now)
     return order
 
 

@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from kalpla_core.toolkit import APIError
 from kalpla_payments import access, credentials, events, orders
-from kalpla_payments.models import Order, ProviderEvent, Subscription
+from kalpla_payments.models import HeldRefund, Order, ProviderEvent, Subscription
 from kalpla_payments.providers.base import PaymentEvent, ProviderError
 
 log = logging.getLogger(__name__)
+# ``reconcile`` also asks about subscriptions whose period ends this soon, this many a run.
+AHEAD = timedelta(days=1)
+AHEAD_BATCH = 100
 
 
 @dataclass
@@ -87,6 +90,17 @@ def apply(session: Session, kalpla: Any, institution_id: str, provider: str,
         _apply_renewal(session, kalpla, institution_id, provider, event, actor, now)
         return
     order = find_order(session, institution_id, provider, event)
+    if order is None and event.kind == "refunded" and event.payment_id:
+        # A renewal's refund may overtake the renewal's own event: looked for again under
+        # the lock an order takes to get a payment, and held if still unknown.
+        orders.lock_counter(session, institution_id)
+        order = find_order(session, institution_id, provider, event)
+        if order is None:
+            orders.hold_refund(session, institution_id, provider, event.payment_id,
+                               event.amount, event.event_id, event.type, now)
+            log.info("refund held for a payment no order has yet", extra={
+                "provider": provider, "event_id": event.event_id})
+            return
     if order is None:
         log.warning("payment event for no known order", extra={
             "provider": provider, "event_id": event.event_id, "type": event.type})
@@ -203,14 +217,31 @@ def _apply_renewal(session: Session, kalpla: Any, institution_id: str, provider:
                               payment_id=event.payment_id, amount=event.amount,
                               currency=event.currency, tax=event.tax, actor=actor,
                               reason=f"{event.type}: renewal of subscription {sub.id}",
-                              now=now)
+                              now=now, paid_at=event.paid_at)
     _extend(session, kalpla, sub, event, now)
+
+
+def _subscriptions_to_ask(session: Session, now: datetime) -> list[Subscription]:
+    """Live gateway subscriptions whose period ran out here (all of them: they would lapse
+    unasked), then up to ``AHEAD_BATCH`` of those whose period ends within ``AHEAD``, soonest
+    first: the gateway charges a renewal around the period's end, so a lost webhook is found
+    within a run or two of the charge, not only once the period ran out here."""
+    gateway = (Subscription.status.in_(access.LIVE_SUBSCRIPTION),
+               Subscription.provider_ref.is_not(None))
+    due = list(session.scalars(select(Subscription).where(
+        *gateway, Subscription.current_period_end <= now).order_by(Subscription.id)))
+    soon = session.scalars(select(Subscription).where(
+        *gateway, Subscription.current_period_end > now,
+        Subscription.current_period_end <= now + AHEAD)
+        .order_by(Subscription.current_period_end, Subscription.id).limit(AHEAD_BATCH))
+    return due + list(soon)
 
 
 def reconcile(session: Session, kalpla: Any, now: datetime) -> dict[str, int]:
     """Ask each gateway about pending orders, and about its subscriptions whose period ran
-    out, and apply what it says (as lost webhooks would have); then expire pending orders
-    past their time and subscriptions still past their period."""
+    out or ends soon, and apply what it says (as lost webhooks would have; a renewal found
+    this way is an order paid when the gateway charged it and moves the period on); then
+    expire pending orders past their time and subscriptions still past their period."""
     applied = asked = 0
     pending = list(session.scalars(select(Order).where(
         Order.status == "pending", Order.provider_ref.is_not(None)).order_by(Order.id)))
@@ -226,13 +257,7 @@ def reconcile(session: Session, kalpla: Any, now: datetime) -> dict[str, int]:
         asked += 1
         applied += process(session, kalpla, order.institution_id, order.provider, found,
                            now).applied
-    # Gateway subscriptions whose period ran out are asked first: a renewal whose webhook was
-    # lost is recorded (an order) and moves the period on instead of letting them lapse.
-    due = list(session.scalars(select(Subscription).where(
-        Subscription.status.in_(access.LIVE_SUBSCRIPTION),
-        Subscription.current_period_end <= now, Subscription.provider_ref.is_not(None))
-        .order_by(Subscription.id)))
-    for sub in due:
+    for sub in _subscriptions_to_ask(session, now):
         provider = orders.provider_of(kalpla, sub.provider)
         if not hasattr(provider, "poll_subscription"):
             continue
@@ -248,5 +273,7 @@ def reconcile(session: Session, kalpla: Any, now: datetime) -> dict[str, int]:
                            now).applied
     expired = orders.expire_due(session, now)
     lapsed = access.expire_subscriptions(session, kalpla, now)
+    # Refunds of payments no order has taken yet (a renewal's event still to come).
+    held = session.scalar(select(func.count()).select_from(HeldRefund)) or 0
     return {"asked": asked, "applied": applied, "expired_orders": expired,
-            "expired_subscriptions": lapsed}
+            "expired_subscriptions": lapsed, "held_refunds": held}

@@ -172,6 +172,76 @@ def razorpay_hmac(secret: str, message: bytes) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
+# --- gateway subscriptions: a plan sold through Stripe or Razorpay ---------------------------
+
+STRIPE_HOOK = "/api/v1/payments/webhooks/stripe/school"
+RAZORPAY_HOOK = "/api/v1/payments/webhooks/razorpay/school"
+DAY = 86400
+
+
+def post_stripe(s: Any, body: bytes) -> Any:
+    return ok(s.client.post(STRIPE_HOOK, data=body, headers={
+        "Stripe-Signature": stripe_signature(body, STRIPE_KEYS["webhook_secret"])}))
+
+
+def plan_school(make_app: Any, fake: Any, provider: str,
+                **settings: Any) -> tuple[Any, str, str]:
+    """A school selling one paid course through a monthly plan of 1000 (+ tax)."""
+    base = "PAYMENTS_STRIPE_API_BASE" if provider == "stripe" else "PAYMENTS_RAZORPAY_API_BASE"
+    s = school(make_app, {"provider": provider, **settings}, **{base: fake.url})
+    s.set_keys(provider, STRIPE_KEYS if provider == "stripe" else RAZORPAY_KEYS)
+    course = s.course("alpha", price=5000)
+    plan = ok(s.client.post("/api/v1/payments/plans", json={
+        "name": "Monthly", "amount": 1000, "currency": "INR", "period_days": 30,
+        "course_ids": [course]}, headers=s.auth(s.admin)), 201)
+    return s, course, plan["id"]
+
+
+def buy_plan(s: Any, plan_id: str) -> dict[str, Any]:
+    return ok(s.client.post("/api/v1/payments/orders", json={"plan_id": plan_id},
+                            headers=s.auth(s.student)), 201)
+
+
+def stripe_invoice(invoice_id: str, reason: str, amount: int, order_id: str, end: int,
+                   **extra: Any) -> bytes:
+    """A paid subscription invoice as older Stripe API versions shape it."""
+    return stripe_event(f"evt_{invoice_id}", "invoice.paid", {
+        "id": invoice_id, "object": "invoice", "billing_reason": reason, "subscription": "sub_1",
+        "subscription_details": {"metadata": {"order_id": order_id}}, "amount_paid": amount,
+        "currency": "inr", "tax": None, "lines": {"data": [{"period": {"end": end}}]},
+        **extra})
+
+
+def complete_subscription(s: Any, fake: Any, order: dict[str, Any]) -> None:
+    sid = order["checkout"]["url"].rsplit("/", 1)[1]
+    cs = fake.objects[sid]
+    cs.update(status="complete", payment_status="paid", subscription="sub_1", invoice="in_1")
+    post_stripe(s, stripe_event("evt_cs", "checkout.session.completed", cs))
+
+
+def plan_orders(s: Any, user: Any) -> list[dict[str, Any]]:
+    """The user's orders of plans (not the course checkouts the gate started), newest
+    first."""
+    items = ok(s.client.get("/api/v1/payments/orders", headers=s.auth(user)))["items"]
+    return [o for o in items if o["plan_id"]]
+
+
+def post_razorpay(s: Any, event: dict[str, Any], event_id: str) -> Any:
+    body = json.dumps(event).encode()
+    return ok(s.client.post(RAZORPAY_HOOK, data=body, headers={
+        "X-Razorpay-Signature": razorpay_hmac(RAZORPAY_KEYS["webhook_secret"], body),
+        "X-Razorpay-Event-Id": event_id}))
+
+
+def razorpay_charged(sub_ref: str, order_id: str, payment_id: str, paid_count: int,
+                     end: int) -> dict[str, Any]:
+    return {"event": "subscription.charged", "payload": {
+        "subscription": {"entity": {"id": sub_ref, "status": "active", "current_end": end,
+                                    "paid_count": paid_count,
+                                    "notes": {"order_id": order_id}}},
+        "payment": {"entity": {"id": payment_id, "amount": 1180, "currency": "INR"}}}}
+
+
 # --- fake gateways ----------------------------------------------------------------------------
 
 def _nest(pairs: list[tuple[str, str]]) -> dict[str, Any]:

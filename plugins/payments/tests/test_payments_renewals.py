@@ -5,76 +5,31 @@ whose webhook was lost, found by ``kalpla payments reconcile``."""
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kalpla_payments.models import Order, OrderEvent, Subscription
 from payments_support import (
-    RAZORPAY_KEYS,
+    DAY,
+    STRIPE_HOOK,
     STRIPE_KEYS,
     deliver_at_once,
     fake_server,
     ok,
-    razorpay_hmac,
     recorded_events,
-    school,
     stripe_event,
     stripe_signature,
 )
+from payments_support import buy_plan as _buy_plan
+from payments_support import complete_subscription as _complete_subscription
+from payments_support import plan_orders as _orders
+from payments_support import plan_school as _plan_school
+from payments_support import post_razorpay as _razorpay
+from payments_support import post_stripe as _stripe
+from payments_support import razorpay_charged as _charged
+from payments_support import stripe_invoice as _invoice
 from sqlalchemy import func, select, update
-
-STRIPE_HOOK = "/api/v1/payments/webhooks/stripe/school"
-RAZORPAY_HOOK = "/api/v1/payments/webhooks/razorpay/school"
-DAY = 86400
-
-
-def _stripe(s: Any, body: bytes) -> Any:
-    return ok(s.client.post(STRIPE_HOOK, data=body, headers={
-        "Stripe-Signature": stripe_signature(body, STRIPE_KEYS["webhook_secret"])}))
-
-
-def _plan_school(make_app: Any, fake: Any, provider: str, **settings: Any) -> tuple[Any, str,
-                                                                                     str]:
-    """A school selling one paid course through a monthly plan of 1000 (+ tax)."""
-    base = "PAYMENTS_STRIPE_API_BASE" if provider == "stripe" else "PAYMENTS_RAZORPAY_API_BASE"
-    s = school(make_app, {"provider": provider, **settings}, **{base: fake.url})
-    s.set_keys(provider, STRIPE_KEYS if provider == "stripe" else RAZORPAY_KEYS)
-    course = s.course("alpha", price=5000)
-    plan = ok(s.client.post("/api/v1/payments/plans", json={
-        "name": "Monthly", "amount": 1000, "currency": "INR", "period_days": 30,
-        "course_ids": [course]}, headers=s.auth(s.admin)), 201)
-    return s, course, plan["id"]
-
-
-def _buy_plan(s: Any, plan_id: str) -> dict[str, Any]:
-    return ok(s.client.post("/api/v1/payments/orders", json={"plan_id": plan_id},
-                            headers=s.auth(s.student)), 201)
-
-
-def _invoice(invoice_id: str, reason: str, amount: int, order_id: str, end: int,
-             **extra: Any) -> bytes:
-    """A paid subscription invoice as older Stripe API versions shape it."""
-    return stripe_event(f"evt_{invoice_id}", "invoice.paid", {
-        "id": invoice_id, "object": "invoice", "billing_reason": reason, "subscription": "sub_1",
-        "subscription_details": {"metadata": {"order_id": order_id}}, "amount_paid": amount,
-        "currency": "inr", "tax": None, "lines": {"data": [{"period": {"end": end}}]},
-        **extra})
-
-
-def _complete_subscription(s: Any, fake: Any, order: dict[str, Any]) -> None:
-    sid = order["checkout"]["url"].rsplit("/", 1)[1]
-    cs = fake.objects[sid]
-    cs.update(status="complete", payment_status="paid", subscription="sub_1", invoice="in_1")
-    _stripe(s, stripe_event("evt_cs", "checkout.session.completed", cs))
-
-
-def _orders(s: Any, user: Any) -> list[dict[str, Any]]:
-    """The user's orders of plans (not the course checkouts the gate started), newest
-    first."""
-    items = ok(s.client.get("/api/v1/payments/orders", headers=s.auth(user)))["items"]
-    return [o for o in items if o["plan_id"]]
 
 
 def _paid_events(s: Any, order_id: str) -> list[tuple[str | None, str]]:
@@ -220,22 +175,6 @@ def test_a_renewal_before_the_checkout_completes_pays_the_plan_first(make_app):
             "renewal", "renewal", "purchase"]
         assert ok(s.client.get("/api/v1/payments/subscriptions",
                                headers=s.auth(s.student)))["items"][0]["status"] == "canceled"
-
-
-def _razorpay(s: Any, event: dict[str, Any], event_id: str) -> Any:
-    body = json.dumps(event).encode()
-    return ok(s.client.post(RAZORPAY_HOOK, data=body, headers={
-        "X-Razorpay-Signature": razorpay_hmac(RAZORPAY_KEYS["webhook_secret"], body),
-        "X-Razorpay-Event-Id": event_id}))
-
-
-def _charged(sub_ref: str, order_id: str, payment_id: str, paid_count: int,
-             end: int) -> dict[str, Any]:
-    return {"event": "subscription.charged", "payload": {
-        "subscription": {"entity": {"id": sub_ref, "status": "active", "current_end": end,
-                                    "paid_count": paid_count,
-                                    "notes": {"order_id": order_id}}},
-        "payment": {"entity": {"id": payment_id, "amount": 1180, "currency": "INR"}}}}
 
 
 def test_razorpay_charges_after_the_first_are_renewal_orders(make_app):

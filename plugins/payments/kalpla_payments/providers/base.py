@@ -70,7 +70,8 @@ class PaymentEvent:
       period (not its first): ``amount`` in ``currency`` (``tax`` of it when the gateway
       computed the tax, else None), ``renewal_ref`` the gateway's id of that charge (invoice
       or payment; one order per ref), ``payment_id`` what a refund names, ``period_end`` the
-      end of the period paid for; ``order_id``/``order_ref`` name the plan's first order;
+      end of the period paid for, ``paid_at`` when the gateway charged (None: now);
+      ``order_id``/``order_ref`` name the plan's first order;
     - ``subscription``: the gateway subscription ``subscription_ref`` is ``status``
       (``active``, ``past_due``, ``canceled``) until ``period_end``;
     - ``ignored``: an event type the plugin does not act on (still recorded as seen).
@@ -93,6 +94,7 @@ class PaymentEvent:
     renewal_ref: str | None = None
     currency: str | None = None
     tax: int | None = None
+    paid_at: datetime | None = None
 
 
 class PaymentProvider(Protocol):

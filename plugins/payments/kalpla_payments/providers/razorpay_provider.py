@@ -37,6 +37,10 @@ SUBSCRIPTION_STATUS = {"authenticated": "active", "active": "active", "pending":
                        "expired": "canceled"}
 
 
+def _ts(value: Any) -> datetime | None:
+    return datetime.fromtimestamp(int(value), UTC) if value else None
+
+
 def _header(headers: Mapping[str, str], name: str) -> str:
     return next((v for k, v in headers.items() if k.lower() == name.lower()), "")
 
@@ -148,7 +152,8 @@ class RazorpayProvider:
                 out.append(PaymentEvent(
                     f"{event_id}:payment", etype, "renewal", renewal_ref=payment["id"],
                     currency=str(payment.get("currency") or "").upper() or None,
-                    period_end=period_end, **common))
+                    period_end=period_end, paid_at=_ts(payment.get("created_at")),
+                    **common))
             else:
                 out.append(PaymentEvent(f"{event_id}:payment", etype, "paid", **common))
         out.append(PaymentEvent(
@@ -238,7 +243,7 @@ class RazorpayProvider:
             out.append(PaymentEvent(
                 f"poll:{payment_id}", "subscription.poll", "renewal", renewal_ref=payment_id,
                 currency=str(invoice.get("currency") or "").upper() or None,
-                period_end=datetime.fromtimestamp(int(end), UTC) if end else None, **common))
+                period_end=_ts(end), paid_at=_ts(invoice.get("paid_at")), **common))
         end = sub.get("current_end")
         status = SUBSCRIPTION_STATUS.get(str(sub.get("status")), "past_due")
         out.append(PaymentEvent(

@@ -54,6 +54,12 @@ def _invoice_tax(invoice: dict[str, Any]) -> int | None:
     return sum(int(t.get("amount") or 0) for t in taxes) if taxes else None
 
 
+def _invoice_paid_at(invoice: dict[str, Any]) -> datetime | None:
+    """When the invoice was paid (its status transition; else when it was made)."""
+    return _ts((invoice.get("status_transitions") or {}).get("paid_at")) \
+        or _ts(invoice.get("created"))
+
+
 def _invoice_events(eid: str, etype: str, invoice: dict[str, Any]) -> list[PaymentEvent]:
     """``invoice.paid`` of a subscription. The first invoice (``subscription_create``) is the
     checkout's own payment: it pays the plan's order (which the checkout's event may pay
@@ -73,7 +79,8 @@ def _invoice_events(eid: str, etype: str, invoice: dict[str, Any]) -> list[Payme
         return [PaymentEvent(eid, etype, "renewal", payment_id=_invoice_payment_intent(invoice),
                              renewal_ref=invoice.get("id"), amount=amount,
                              currency=str(invoice.get("currency") or "").upper() or None,
-                             tax=_invoice_tax(invoice), **state)]
+                             tax=_invoice_tax(invoice), paid_at=_invoice_paid_at(invoice),
+                             **state)]
     if reason == "subscription_create" and amount > 0:
         return [PaymentEvent(f"{eid}:payment", etype, "paid", order_id=order_id,
                              payment_id=invoice.get("id"), amount=amount,
