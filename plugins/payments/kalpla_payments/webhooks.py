@@ -6,10 +6,11 @@ commit (the unique index on PostgreSQL, the write lock on SQLite) and find it do
 delivery that fails rolls back its claim with everything else, so the provider's retry works.
 
 Order does not matter: refunds carry the total refunded so far (applied as "at least this
-much"), a refund seen before its payment pays the order first, a renewal seen before the
-subscription's first payment implies that payment, and a paid order is never paid again. A
-subscription's renewal charge becomes an order of its own, unique per gateway charge. No Flask
-here.
+much"), a refund seen before its payment pays the order first, a refund of a payment no
+order has yet (a renewal's, ahead of the renewal's event) is held until an order takes that
+payment, a renewal seen before the subscription's first payment implies that payment, and a
+paid order is never paid again. A subscription's renewal charge becomes an order of its own,
+unique per gateway charge. No Flask here.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 # ``reconcile`` also asks about subscriptions whose period ends this soon, this many a run.
 AHEAD = timedelta(days=1)
 AHEAD_BATCH = 100
+# A refund held for a payment no order has taken is dropped by ``reconcile`` after this long.
+HELD_REFUND_DAYS = 30
 
 
 @dataclass
@@ -273,7 +276,23 @@ def reconcile(session: Session, kalpla: Any, now: datetime) -> dict[str, int]:
                            now).applied
     expired = orders.expire_due(session, now)
     lapsed = access.expire_subscriptions(session, kalpla, now)
+    stale = _drop_stale_held_refunds(session, now)
     # Refunds of payments no order has taken yet (a renewal's event still to come).
     held = session.scalar(select(func.count()).select_from(HeldRefund)) or 0
     return {"asked": asked, "applied": applied, "expired_orders": expired,
-            "expired_subscriptions": lapsed, "held_refunds": held}
+            "expired_subscriptions": lapsed, "held_refunds": held, "dropped_refunds": stale}
+
+
+def _drop_stale_held_refunds(session: Session, now: datetime) -> int:
+    """Held refunds older than ``HELD_REFUND_DAYS`` are of payments Kalpla will not see (the
+    gateway account's other sales): a renewal's own event, or reconcile, comes within days of
+    its charge, and its refund after that. Dropped with a warning, so they do not pile up."""
+    stale = list(session.scalars(select(HeldRefund).where(
+        HeldRefund.received_at <= now - timedelta(days=HELD_REFUND_DAYS))
+        .order_by(HeldRefund.id)))
+    for row in stale:
+        log.warning("dropping a refund held for a payment no order took", extra={
+            "provider": row.provider, "payment_id": row.payment_id, "event_id": row.event_id})
+        session.delete(row)
+    session.flush()
+    return len(stale)

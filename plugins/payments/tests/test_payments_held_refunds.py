@@ -296,3 +296,22 @@ def test_a_refund_racing_its_renewal_in_the_worst_order_is_not_lost(make_app, mo
         assert _money(s) == [(1, "purchase", "paid", 1000, 0),
                              (2, "renewal", "refunded", 1000, 1000),
                              ("refunds", (2, 1000)), ("held", 0)]
+
+
+def test_reconcile_drops_refunds_held_a_month_for_payments_no_order_took(make_app):
+    with fake_server("stripe") as fake:
+        s, _, first = _stripe_subscriber(make_app, fake)
+        post_stripe(s, _charge_refunded(7))  # a payment of the account's other sales
+        post_stripe(s, _charge_refunded(8))
+        with s.kalpla.db.session() as db:
+            db.execute(update(HeldRefund).where(HeldRefund.payment_id == "pi_r7").values(
+                received_at=datetime.now(UTC) - timedelta(days=31)))
+            db.commit()
+        out = s.reconcile()
+        assert "held_refunds=1" in out and "dropped_refunds=1" in out, out
+        with s.kalpla.db.session() as db:
+            assert db.scalars(select(HeldRefund.payment_id)).all() == ["pi_r8"]
+        # The one still held applies when its renewal comes.
+        post_stripe(s, _renewal(8, first["id"], int(time.time()) + 30 * DAY))
+        assert _money(s)[1:] == [(2, "renewal", "refunded", 1000, 1000),
+                                 ("refunds", (2, 1000)), ("held", 0)]
