@@ -15,8 +15,9 @@ def payments() -> None:
 
 @payments.command("reconcile")
 def reconcile() -> None:
-    """Ask the gateways about pending orders and apply what a lost webhook would have; expire
-    pending orders past their time and subscriptions past their period."""
+    """Ask the gateways about pending orders and about subscriptions whose period ran out or
+    ends within a day, and apply what lost webhooks would have; expire pending orders past
+    their time and subscriptions past their period; drop refunds held for a month."""
     from kalpla_payments.webhooks import reconcile as _reconcile
 
     kalpla = current_app.extensions["kalpla"]
