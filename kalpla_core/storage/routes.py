@@ -169,6 +169,9 @@ class LocalObject(MethodView):
         params = local.verify("PUT", key, request.args.to_dict())
         session = db_session()
         service.check_upload_open(session, local.name, key)
+        # The body may take minutes: its connection goes back to the pool meanwhile (the
+        # check after the body takes one again).
+        session.commit()
         max_size = int(params["max_size"])
         if request.mimetype != params["content_type"]:
             raise APIError(415, f"Send the file with Content-Type: {params['content_type']}, "

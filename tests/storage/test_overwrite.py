@@ -400,3 +400,24 @@ def test_a_confirm_checking_after_another_made_the_file_ready_answers_alike(app,
     assert first == [None, 200]
     assert body["status"] == "ready"
     assert client.get(_download(client, w, asked["id"])).data == PDF
+
+
+def test_a_local_upload_holds_no_database_connection_while_its_body_streams(app, factories,
+                                                                             monkeypatch):
+    # A body may take minutes to come: the database pool is not the uploaders' to exhaust.
+    client = app.test_client()
+    w = world(factories)
+    asked = _ask_local(client, w, create_course(client, w))
+    engine = app.extensions["kalpla"].db.engine
+    receive = LocalStorage.receive
+    held: list[int] = []
+
+    def receive_counting(self: LocalStorage, key: str, stream: Any, **kw: Any) -> int:
+        held.append(engine.pool.checkedout())
+        return receive(self, key, stream, **kw)
+
+    monkeypatch.setattr(LocalStorage, "receive", receive_counting)
+    before = engine.pool.checkedout()
+    assert _put(client, asked, PDF).status_code == 204
+    assert held == [before]
+    ok(_confirm(client, w, asked["id"]))
