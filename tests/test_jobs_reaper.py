@@ -300,6 +300,22 @@ def test_a_sweep_reads_a_bounded_batch_of_each_kind(kalpla, submitted, monkeypat
     assert kalpla.jobs.wait(10)
 
 
+def test_runs_within_a_longer_timeout_do_not_crowd_lost_ones_out_of_a_batch(make_app,
+                                                                           monkeypatch):
+    from kalpla_core.jobs import reaper
+
+    app = make_app(plugins=["jobtest"], plugin_objects={"jobtest": jobs_support},
+                   job_timeout=600)
+    kalpla = app.extensions["kalpla"]
+    monkeypatch.setattr(reaper, "RUNNING_BATCH", 2)
+    # Two older runs past the one-minute timeout of jobtest.quick, within their own ten.
+    busy = [add_job(kalpla, "jobtest.count", status="running", age=HOUR,
+                    running_for=timedelta(minutes=2)) for _ in range(2)]
+    lost = add_job(kalpla, "jobtest.quick", status="running", age=timedelta(minutes=2))
+    assert kalpla.jobs.reap().failed == [lost]
+    assert {row(kalpla, i).status for i in busy} == {"running"}
+
+
 # --- where it runs ---------------------------------------------------------------------------
 
 def test_sweeper_reaps_at_once_and_stops_with_the_app(kalpla):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, and_, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from kalpla_core.db import utcnow
@@ -58,9 +58,6 @@ class ReapReport:
 def reap(jobs: Jobs, now: datetime | None = None, queued_grace: int = QUEUED_GRACE) -> ReapReport:
     now = now or utcnow()
     report = ReapReport()
-    # Jobs unknown to this process get the default timeout.
-    shortest = min([jobs.timeout_of(name) for name in jobs.specs]
-                   + [jobs.kalpla.settings.job_timeout])
     with jobs.kalpla.db.session() as s:
         # Each kind read through the (status, created_at) index, oldest first and bounded: a
         # backlog of queued jobs (workers down for hours) is never read whole. Queued ones
@@ -70,7 +67,7 @@ def reap(jobs: Jobs, now: datetime | None = None, queued_grace: int = QUEUED_GRA
             Job.status == "queued", Job.created_at < now - timedelta(seconds=queued_grace))
             .order_by(Job.created_at, Job.id).limit(QUEUED_BATCH)))
         running = s.execute(select(Job.id, Job.name, Job.error).where(
-            Job.status == "running", Job.started_at < now - timedelta(seconds=shortest))
+            Job.status == "running", _past_timeout(jobs, now))
             .order_by(Job.created_at, Job.id).limit(RUNNING_BATCH)).all()
         for job_id, name, error in running:
             _settle_lost_run(s, jobs, now, job_id, name, error, report)
@@ -84,6 +81,20 @@ def reap(jobs: Jobs, now: datetime | None = None, queued_grace: int = QUEUED_GRA
             break
         report.dispatched.append(job_id)
     return report
+
+
+def _past_timeout(jobs: Jobs, now: datetime) -> ColumnElement[bool]:
+    """Runs past their own job's timeout: only those fill a batch, so runs still within a
+    longer timeout never crowd out lost ones. Jobs unknown to this process get the default
+    timeout."""
+    default = int(jobs.kalpla.settings.job_timeout)
+    own = {name: jobs.timeout_of(name) for name in jobs.specs}
+    special = {name: t for name, t in own.items() if t != default}
+    clauses = [and_(Job.name == name, Job.started_at < now - timedelta(seconds=t))
+               for name, t in sorted(special.items())]
+    clauses.append(and_(Job.name.not_in(sorted(special)) if special else true(),
+                        Job.started_at < now - timedelta(seconds=default)))
+    return or_(*clauses)
 
 
 def _settle_lost_run(s: Session, jobs: Jobs, now: datetime, job_id: str, name: str,
