@@ -14,8 +14,10 @@ publish, read and playback, and lets the client in only on a 2xx answer. Kalpla 
 - ``playback`` of a recording (the playback server's ``/get`` and ``/list``) with a recording
   link's token (``rtmp-recording`` files' download URLs): for that path, for exactly the
   window of the link when ``start`` is asked, and only while the file exists;
-- ``api`` to Kalpla itself only (user ``kalpla``, the hook secret as password: it
-  disconnects the publisher of a stopped session);
+- ``api`` to Kalpla itself only (it disconnects the publisher of a stopped session): user
+  ``kalpla-<institution id>`` with that institution's password derived from the hook secret
+  (:func:`~kalpla_streaming.providers.rtmp.api_credentials`), or user ``kalpla`` with the hook
+  secret itself (the operator's; never sent to an institution's ``rtmp_api_url``);
 - nothing else (``metrics``, ``pprof``, unknown paths, sessions of institutions that
   disabled the plugin, other providers' sessions).
 
@@ -43,7 +45,7 @@ from kalpla_streaming.keys import (
     same_secret,
     unseal,
 )
-from kalpla_streaming.providers.rtmp import API_USER
+from kalpla_streaming.providers.rtmp import API_USER, api_credentials
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def authorize(session: Session, kalpla: Any, secret_key: str, req: AuthRequest,
     """Whether MediaMTX should let this client in; the reason is for the log only."""
     if req.action == "api":
         # Kalpla itself, disconnecting a stopped session's publisher.
-        if req.user == API_USER and same_secret(req.password, hook_secret):
+        if _api_caller(req, hook_secret):
             return Verdict(True, "kalpla")
         return _deny("the api is Kalpla's")
     if req.action not in ("publish", "read", "playback"):
@@ -113,6 +115,20 @@ def authorize(session: Session, kalpla: Any, secret_key: str, req: AuthRequest,
             return _deny(f"viewer refused: {exc.detail}")
         return Verdict(True, "viewer")
     return _deny("no valid playback token")
+
+
+def _api_caller(req: AuthRequest, hook_secret: str | None) -> bool:
+    """Kalpla with an institution's API credentials (what it sends to the institution's
+    ``rtmp_api_url``), or with the hook secret itself (the operator's)."""
+    if not hook_secret:
+        return False
+    if req.user == API_USER:
+        return same_secret(req.password, hook_secret)
+    institution_id = req.user.removeprefix(f"{API_USER}-")
+    if institution_id == req.user or not institution_id:
+        return False
+    user, password = api_credentials(hook_secret, institution_id)
+    return req.user == user and same_secret(req.password, password)
 
 
 def _recording(session: Session, secret_key: str, req: AuthRequest,

@@ -574,12 +574,20 @@ def test_stopping_disconnects_the_publisher_through_mediamtx_api(make_app):
         assert ok(s.post(f"/sessions/{s.session_id}/stop", s.instructor))["status"] == "ended"
         assert [r for r in api.requests if r.startswith("POST")] == \
             ["POST /v3/rtmpconns/kick/c-pub"]
-        # Kalpla calls the API as "kalpla" with the hook secret, which the auth callback
-        # allows for the api action (and nobody else).
-        user, password = base64.b64decode(api.authorizations[0].split()[1]).decode().split(":")
+        # Kalpla calls the API with the institution's own credentials, which the auth
+        # callback allows for the api action (and nobody else). Never with the hook secret:
+        # rtmp_api_url is the institution's setting, and the hook secret authenticates every
+        # institution's media server callbacks.
+        sent = {base64.b64decode(a.split()[1]).decode() for a in api.authorizations}
+        assert len(sent) == 1 and HOOK_SECRET not in next(iter(sent))
+        user, password = next(iter(sent)).split(":")
+        assert user == f"kalpla-{s.school.id}"
         assert _auth(s, "api", user=user, password=password).status_code == 200
         assert _auth(s, "api", user=user, password="guess").status_code == 403
         assert _auth(s, "api", user="admin", password=password).status_code == 403
+        # One institution's credentials are not another's.
+        assert _auth(s, "api", user=f"kalpla-{s.other.id}", password=password).status_code \
+            == 403
 
 
 def test_stop_answers_502_when_mediamtx_api_is_down(make_app):

@@ -19,14 +19,24 @@ import urllib.request
 from typing import Any
 from urllib.parse import quote
 
-from kalpla_core.toolkit import APIError
+from kalpla_core.toolkit import APIError, derive_key
 from kalpla_streaming.keys import STREAM_KEY_PURPOSE, new_stream_key, rtmp_token, seal
 from kalpla_streaming.models import LiveSession
 from kalpla_streaming.providers import ChannelRow, Playback, ProviderContext
 
 PUBLISH_USER = "kalpla"
 API_USER = "kalpla"
+API_PASSWORD_PURPOSE = "kalpla_streaming.mediamtx_api"  # noqa: S105 (a label)
 API_TIMEOUT = 5
+
+
+def api_credentials(hook_secret: str, institution_id: str) -> tuple[str, str]:
+    """The user and password Kalpla calls an institution's MediaMTX API with, which the auth
+    callback allows for the ``api`` action: the institution's own, derived from the hook
+    secret. Never the hook secret itself: ``rtmp_api_url`` is the institution's setting, and
+    the hook secret authenticates every institution's media server callbacks."""
+    password = derive_key(hook_secret, f"{API_PASSWORD_PURPOSE}:{institution_id}").hex()
+    return f"{API_USER}-{institution_id}", password
 
 log = logging.getLogger("kalpla_streaming.rtmp")
 
@@ -59,15 +69,16 @@ class RTMPProvider:
         api = ctx.settings.get("rtmp_api_url")
         if not api or channel.rtmp_path is None:
             return
-        secret = ctx.config.hook_secret or ""
+        # Without a hook secret the auth callback allows no api caller: the call is refused.
+        credentials = api_credentials(ctx.config.hook_secret or "", channel.institution_id)
         try:
             for kind in ("rtmpconns", "rtmpsconns"):
-                listed = _api(f"{api.rstrip('/')}/v3/{kind}/list", secret)
+                listed = _api(f"{api.rstrip('/')}/v3/{kind}/list", credentials)
                 for conn in listed.get("items") or []:
                     if conn.get("path") == channel.rtmp_path and \
                             conn.get("state") == "publish":
                         _api(f"{api.rstrip('/')}/v3/{kind}/kick/{quote(str(conn['id']))}",
-                             secret, method="POST")
+                             credentials, method="POST")
         except (OSError, ValueError) as exc:
             log.warning("MediaMTX API call failed while stopping %s: %s", channel.rtmp_path,
                         type(exc).__name__)
@@ -83,12 +94,12 @@ class RTMPProvider:
         return Playback(f"{channel.playback_url}?jwt={quote(token.token)}", token)
 
 
-def _api(url: str, secret: str, method: str = "GET") -> dict[str, Any]:
-    """One call of MediaMTX's control API, as the user ``kalpla`` with the hook secret (the
-    auth callback allows the ``api`` action to exactly that)."""
+def _api(url: str, credentials: tuple[str, str], method: str = "GET") -> dict[str, Any]:
+    """One call of MediaMTX's control API with the institution's :func:`api_credentials`."""
     # The URL comes from the rtmp_api_url setting, validated as http(s).
-    request = urllib.request.Request(url, method=method, headers={  # noqa: S310
-        "Authorization": "Basic " + base64.b64encode(f"{API_USER}:{secret}".encode()).decode()})
+    basic = base64.b64encode(":".join(credentials).encode()).decode()
+    request = urllib.request.Request(url, method=method,  # noqa: S310
+                                     headers={"Authorization": f"Basic {basic}"})
     with urllib.request.urlopen(request, timeout=API_TIMEOUT) as resp:  # noqa: S310
         body = resp.read(1024 * 1024)
     return json.loads(body) if body.strip() else {}
