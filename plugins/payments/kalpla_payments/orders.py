@@ -245,18 +245,31 @@ def release_held_refunds(session: Session, kalpla: Any, order: Order, now: datet
     return refunded
 
 
+def name_payment(session: Session, kalpla: Any, order: Order, payment_id: str | None,
+                 replaces: str | None, now: datetime) -> bool:
+    """A paid order learns its payment late: it was paid on an earlier word (a renewal that
+    implied it), or it recorded an id standing in for the payment (``replaces``: a Stripe
+    subscription's first invoice, before its payment intent was known). Refunds held for
+    that payment then apply. False when the order keeps the payment it has."""
+    order = lock(session, order.id)
+    if not payment_id or payment_id == order.provider_payment_id or (
+            order.provider_payment_id and order.provider_payment_id != replaces):
+        return False
+    order.provider_payment_id = payment_id
+    session.flush()
+    release_held_refunds(session, kalpla, order, now)
+    return True
+
+
 def mark_paid(session: Session, kalpla: Any, order: Order, *, amount: int,
               payment_id: str | None, actor: str, reason: str, reference: str | None,
-              now: datetime) -> bool:
+              now: datetime, replaces: str | None = None) -> bool:
     """pending (or failed, expired) → paid, then fulfil it: the held enrollment is activated
-    or the plan's subscription starts. False when the order was paid already."""
+    or the plan's subscription starts. False when the order was paid already (it may still
+    learn its payment, see ``name_payment``)."""
     order = lock(session, order.id)
     if order.status in PAID_STATES:
-        # Paid on an earlier word (a renewal that implied it): now the payment is known.
-        if payment_id and not order.provider_payment_id:
-            order.provider_payment_id = payment_id
-            session.flush()
-            release_held_refunds(session, kalpla, order, now)
+        name_payment(session, kalpla, order, payment_id, replaces, now)
         return False
     if amount < order.total:
         raise APIError(409, f"{amount} {order.currency} was paid of {order.total}.",

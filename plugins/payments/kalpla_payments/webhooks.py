@@ -74,6 +74,8 @@ def find_order(session: Session, institution_id: str, provider: str,
         clauses.append(Order.provider_ref == event.order_ref)
     if event.payment_id:
         clauses.append(Order.provider_payment_id == event.payment_id)
+    if event.replaces:  # an order that recorded this id before its payment was known
+        clauses.append(Order.provider_payment_id == event.replaces)
     if not clauses:
         return None
     return session.scalar(select(Order).where(
@@ -109,7 +111,8 @@ def apply(session: Session, kalpla: Any, institution_id: str, provider: str,
             "provider": provider, "event_id": event.event_id, "type": event.type})
         return
     if event.kind == "paid":
-        _pay(session, kalpla, order, event.amount, event.payment_id, actor, event.type, now)
+        _pay(session, kalpla, order, event.amount, event.payment_id, actor, event.type, now,
+             event.replaces)
         if event.subscription_ref:  # the gateway's subscription the plan's order started
             sub = session.scalar(select(Subscription).where(Subscription.order_id == order.id))
             if sub is not None and not sub.provider_ref:
@@ -123,17 +126,21 @@ def apply(session: Session, kalpla: Any, institution_id: str, provider: str,
         # A refund that overtook its payment: the money was taken, so pay first.
         if order.status not in orders.PAID_STATES and not _pay(
                 session, kalpla, order, event.paid_amount, event.payment_id, actor,
-                f"{event.type} (payment implied)", now):
+                f"{event.type} (payment implied)", now, event.replaces):
             return
+        # Found by the invoice it recorded, or paid on an earlier word: now its payment is
+        # known (refunds held for that payment apply first; totals make that safe).
+        orders.name_payment(session, kalpla, order, event.payment_id, event.replaces, now)
         orders.apply_refund(session, kalpla, order, total_refunded=event.amount, actor=actor,
                             reason=event.type, reference=None, now=now)
 
 
 def _pay(session: Session, kalpla: Any, order: Order, amount: int, payment_id: str | None,
-         actor: str, reason: str, now: datetime) -> bool:
+         actor: str, reason: str, now: datetime, replaces: str | None = None) -> bool:
     try:
         orders.mark_paid(session, kalpla, order, amount=amount, payment_id=payment_id,
-                         actor=actor, reason=reason, reference=payment_id, now=now)
+                         actor=actor, reason=reason, reference=payment_id, now=now,
+                         replaces=replaces)
     except APIError as exc:  # paid less than the total: recorded, not fulfilled
         log.warning("payment event not applied: %s", exc.detail, extra={"order": order.id})
         orders.record(session, order, order.status, actor, f"Not applied: {exc.detail}", now)

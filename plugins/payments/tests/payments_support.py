@@ -212,11 +212,35 @@ def stripe_invoice(invoice_id: str, reason: str, amount: int, order_id: str, end
         **extra})
 
 
-def complete_subscription(s: Any, fake: Any, order: dict[str, Any]) -> None:
+def pay_subscription_checkout(fake: Any, order: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The buyer pays a plan's Checkout Session at (fake) Stripe: the subscription ``sub_1``
+    and its first invoice ``in_1`` are made, paid by a payment intent of their own (which,
+    as Stripe's, carries no order metadata). The session and that payment intent's id."""
     sid = order["checkout"]["url"].rsplit("/", 1)[1]
     cs = fake.objects[sid]
     cs.update(status="complete", payment_status="paid", subscription="sub_1", invoice="in_1")
+    pid = fake.next_id("pi")
+    fake.objects[pid] = {"id": pid, "object": "payment_intent", "status": "succeeded",
+                         "metadata": {}}
+    now = int(time.time())
+    fake.objects["in_1"] = {
+        "id": "in_1", "object": "invoice", "status": "paid", "subscription": "sub_1",
+        "billing_reason": "subscription_create", "amount_paid": cs["amount_total"],
+        "currency": cs["currency"], "created": now,
+        "subscription_details": {"metadata": cs["metadata"]},
+        "lines": {"data": [{"period": {"end": now + 30 * DAY}}]},
+        "payments": {"object": "list", "data": [{
+            "object": "invoice_payment", "invoice": "in_1", "status": "paid",
+            "payment": {"type": "payment_intent", "payment_intent": pid}}]}}
+    return cs, pid
+
+
+def complete_subscription(s: Any, fake: Any, order: dict[str, Any]) -> str:
+    """Pay the plan's checkout and deliver ``checkout.session.completed``; the payment
+    intent that paid the first invoice."""
+    cs, pid = pay_subscription_checkout(fake, order)
     post_stripe(s, stripe_event("evt_cs", "checkout.session.completed", cs))
+    return pid
 
 
 def plan_orders(s: Any, user: Any) -> list[dict[str, Any]]:
@@ -272,17 +296,44 @@ def _listing(fake: FakeGateway, kind: str, **match: str) -> list[dict[str, Any]]
             and all(o.get(k) == v for k, v in match.items())]
 
 
+def _missing(what: str) -> tuple[int, dict[str, Any]]:
+    return 404, {"error": {"type": "invalid_request_error", "code": "resource_missing",
+                           "message": f"No such {what}"}}
+
+
+def _invoice_payments(invoice: dict[str, Any]) -> list[dict[str, Any]]:
+    """An invoice's payments: its ``payments`` list, or (older shape) its payment intent."""
+    listed = (invoice.get("payments") or {}).get("data")
+    if listed is not None:
+        return list(listed)
+    intent = invoice.get("payment_intent")
+    return [{"object": "invoice_payment", "invoice": invoice["id"], "status": "paid",
+             "payment": {"type": "payment_intent", "payment_intent": intent}}] if intent else []
+
+
+def _stripe_invoice(invoice: dict[str, Any], expand: list[str], prefix: str = "") -> Any:
+    """As Stripe answers: an invoice's ``payments`` only when asked to expand them."""
+    if f"{prefix}payments" in expand:
+        return invoice
+    return {k: v for k, v in invoice.items() if k != "payments"}
+
+
 def _stripe(fake: FakeGateway, method: str, path: str, query: dict[str, str], auth: str,
             body: bytes) -> Any:
     if auth != f"Bearer {STRIPE_KEYS['secret_key']}":
         return 401, {"error": {"type": "invalid_request_error", "message": "bad key"}}
     form = _nest(parse_qsl(body.decode()))
-    fake.calls.append((method, path, form))
+    args = _nest(list(query.items()))
+    expand = list((args.get("expand") or {}).values())
+    fake.calls.append((method, path, form if method == "POST" else args))
     if method == "POST" and path == "/v1/checkout/sessions":
-        sid, pid = fake.next_id("cs_test"), fake.next_id("pi")
+        sid = fake.next_id("cs_test")
         item = form["line_items"]["0"]["price_data"]
         meta = form.get("metadata", {})
-        fake.objects[pid] = {"id": pid, "object": "payment_intent", "metadata": meta}
+        pid = None
+        if form["mode"] == "payment":  # a subscription's payment comes with its invoice
+            pid = fake.next_id("pi")
+            fake.objects[pid] = {"id": pid, "object": "payment_intent", "metadata": meta}
         fake.objects[sid] = {"id": sid, "object": "checkout.session", "mode": form["mode"],
                              "url": f"{fake.url}/pay/{sid}", "status": "open",
                              "payment_status": "unpaid", "metadata": meta,
@@ -292,14 +343,28 @@ def _stripe(fake: FakeGateway, method: str, path: str, query: dict[str, str], au
     if method == "GET" and path == "/v1/invoices":
         found = _listing(fake, "invoice", subscription=query["subscription"],
                          status=query["status"])
+        return 200, {"object": "list", "url": path, "has_more": False,
+                     "data": [_stripe_invoice(i, expand, "data.") for i in found]}
+    if method == "GET" and path == "/v1/invoice_payments":
+        wanted = (args.get("payment") or {}).get("payment_intent")
+        found = [p for i in _listing(fake, "invoice") for p in _invoice_payments(i)
+                 if p["payment"]["payment_intent"] == wanted]
         return 200, {"object": "list", "url": path, "has_more": False, "data": found}
     if method == "GET" and path.split("/")[-1] in fake.objects:
-        return 200, fake.objects[path.split("/")[-1]]
+        found = fake.objects[path.split("/")[-1]]
+        return 200, _stripe_invoice(found, expand) if found.get("object") == "invoice" \
+            else found
     if method == "POST" and path == "/v1/refunds":
+        # Stripe refunds a payment intent or a charge; anything else is not one.
+        intent, charge = form.get("payment_intent"), form.get("charge")
+        if intent is not None and not intent.startswith("pi_"):
+            return _missing(f"payment_intent: '{intent}'")
+        if charge is not None and not charge.startswith(("ch_", "py_")):
+            return _missing(f"charge: '{charge}'")
         rid = fake.next_id("re")
         return 200, {"id": rid, "object": "refund", "amount": int(form["amount"]),
-                     "payment_intent": form["payment_intent"], "status": "succeeded"}
-    return 404, {"error": {"type": "invalid_request_error", "message": f"no {path}"}}
+                     "payment_intent": intent, "charge": charge, "status": "succeeded"}
+    return _missing(path)
 
 
 def _razorpay(fake: FakeGateway, method: str, path: str, query: dict[str, str], auth: str,

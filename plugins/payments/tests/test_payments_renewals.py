@@ -158,13 +158,14 @@ def test_a_renewal_before_the_checkout_completes_pays_the_plan_first(make_app):
                                  headers=s.auth(s.student)))["items"]
         assert sub["current_period_end"].startswith(time.strftime("%Y-%m-%d",
                                                                   time.gmtime(end)))
-        # The checkout's own events follow late and change nothing but name the payment.
-        _complete_subscription(s, fake, first)
+        # The checkout's own events follow late and change nothing but name the payment:
+        # the payment intent that paid the first invoice (asked of Stripe), not the invoice.
+        intent = _complete_subscription(s, fake, first)
         _stripe(s, _invoice("in_1", "subscription_create", 1000, first["id"], end - 30 * DAY))
         assert len(_orders(s, s.student)) == 2
         with s.kalpla.db.session() as db:
             assert db.scalar(select(Order.provider_payment_id).where(
-                Order.id == first["id"])) == "in_1"
+                Order.id == first["id"])) == intent
         # Its subscription was linked to the gateway's: deleting it there ends it here.
         _stripe(s, stripe_event("evt_del", "customer.subscription.deleted", {
             "id": "sub_1", "status": "canceled", "metadata": {}}))

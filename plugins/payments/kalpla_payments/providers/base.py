@@ -76,6 +76,10 @@ class PaymentEvent:
       (``active``, ``past_due``, ``canceled``) until ``period_end``;
     - ``ignored``: an event type the plugin does not act on (still recorded as seen).
 
+    ``replaces`` (``paid``, ``refunded``) is an id an order may have recorded in place of
+    ``payment_id`` before the payment was known (Stripe: a subscription's first invoice):
+    such an order is found by it and takes ``payment_id`` instead.
+
     The order is named by ``order_id`` (Kalpla's, from metadata the provider attached) or by
     ``order_ref`` (the provider's reference returned by :meth:`start_checkout`).
     """
@@ -95,6 +99,7 @@ class PaymentEvent:
     currency: str | None = None
     tax: int | None = None
     paid_at: datetime | None = None
+    replaces: str | None = None
 
 
 class PaymentProvider(Protocol):

@@ -9,7 +9,8 @@ local fake server).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +24,7 @@ from kalpla_payments.providers.base import (
     WebhookError,
 )
 
+log = logging.getLogger(__name__)
 TOLERANCE_SECONDS = 300
 SUBSCRIPTION_STATUS = {"active": "active", "trialing": "active", "past_due": "past_due",
                        "unpaid": "past_due", "canceled": "canceled",
@@ -45,6 +47,13 @@ def _invoice_payment_intent(invoice: dict[str, Any]) -> str | None:
     return None
 
 
+def _paid_by(invoice_id: str | None, intent: str | None) -> dict[str, str | None]:
+    """A subscription invoice's payment as a ``paid`` event names it: the payment intent
+    (what Stripe's refunds and ``charge.refunded`` name), replacing the invoice an older
+    order may have recorded; the invoice itself only when its payment is not known."""
+    return {"payment_id": intent or invoice_id, "replaces": invoice_id if intent else None}
+
+
 def _invoice_tax(invoice: dict[str, Any]) -> int | None:
     """The tax Stripe computed on the invoice, or None when it computed none (Kalpla's own
     tax is then inside the amount, as the checkout sent it)."""
@@ -60,11 +69,14 @@ def _invoice_paid_at(invoice: dict[str, Any]) -> datetime | None:
         or _ts(invoice.get("created"))
 
 
-def _invoice_events(eid: str, etype: str, invoice: dict[str, Any]) -> list[PaymentEvent]:
+def _invoice_events(eid: str, etype: str, invoice: dict[str, Any],
+                    intent_of: Callable[[str], str | None] | None = None) -> list[PaymentEvent]:
     """``invoice.paid`` of a subscription. The first invoice (``subscription_create``) is the
     checkout's own payment: it pays the plan's order (which the checkout's event may pay
     too; an order is paid once). A renewal (``subscription_cycle``) is a charge of its own,
-    an order of its own. Any other invoice only moves the period on."""
+    an order of its own. Any other invoice only moves the period on. Either names the
+    payment intent that paid it, asked of Stripe (``intent_of``) when the payload does not
+    carry it (newer API versions list it in ``payments`` only when asked to)."""
     details = (invoice.get("parent") or {}).get("subscription_details") \
         or invoice.get("subscription_details") or {}
     sub_ref = invoice.get("subscription") or details.get("subscription")
@@ -75,16 +87,20 @@ def _invoice_events(eid: str, etype: str, invoice: dict[str, Any]) -> list[Payme
     reason = invoice.get("billing_reason")
     state = {"order_id": order_id, "subscription_ref": sub_ref, "status": "active",
              "period_end": end}
+    charged = reason in ("subscription_cycle", "subscription_create") and amount > 0
+    intent = _invoice_payment_intent(invoice) if charged else None
+    if charged and intent is None and intent_of is not None and invoice.get("id"):
+        intent = intent_of(str(invoice["id"]))
     if reason == "subscription_cycle" and amount > 0:
-        return [PaymentEvent(eid, etype, "renewal", payment_id=_invoice_payment_intent(invoice),
+        return [PaymentEvent(eid, etype, "renewal", payment_id=intent,
                              renewal_ref=invoice.get("id"), amount=amount,
                              currency=str(invoice.get("currency") or "").upper() or None,
                              tax=_invoice_tax(invoice), paid_at=_invoice_paid_at(invoice),
                              **state)]
     if reason == "subscription_create" and amount > 0:
         return [PaymentEvent(f"{eid}:payment", etype, "paid", order_id=order_id,
-                             payment_id=invoice.get("id"), amount=amount,
-                             subscription_ref=sub_ref),
+                             amount=amount, subscription_ref=sub_ref,
+                             **_paid_by(invoice.get("id"), intent)),
                 PaymentEvent(f"{eid}:state", etype, "subscription", **state)]
     return [PaymentEvent(eid, etype, "subscription", **state)]
 
@@ -151,7 +167,7 @@ class StripeProvider:
         obj: dict[str, Any] = (event.get("data") or {}).get("object") or {}
         meta = obj.get("metadata") or {}
         if etype in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
-            return [self._session_event(eid, etype, obj)]
+            return [self._session_event(credentials, eid, etype, obj)]
         if etype == "checkout.session.async_payment_failed":
             return [PaymentEvent(eid, etype, "failed", order_id=meta.get("order_id"),
                                  order_ref=obj.get("id"))]
@@ -162,15 +178,19 @@ class StripeProvider:
             return [PaymentEvent(eid, etype, "failed", order_id=meta.get("order_id"),
                                  payment_id=obj.get("id"))]
         if etype == "charge.refunded":
-            order_id = meta.get("order_id") or self._order_of_intent(
-                credentials, obj.get("payment_intent"))
+            intent = obj.get("payment_intent")
+            order_id = meta.get("order_id") or self._order_of_intent(credentials, intent)
+            # A subscription's payment carries no order: its invoice names the plan's first
+            # order where that order recorded the invoice in place of the payment.
+            invoice = None if order_id else self._invoice_of_intent(credentials, intent)
             return [PaymentEvent(eid, etype, "refunded", order_id=order_id,
-                                 payment_id=obj.get("payment_intent"),
+                                 payment_id=intent, replaces=invoice,
                                  amount=int(obj.get("amount_refunded") or 0),
                                  paid_amount=int(obj.get("amount_captured")
                                                  or obj.get("amount") or 0))]
         if etype == "invoice.paid":
-            return _invoice_events(eid, etype, obj)
+            return _invoice_events(eid, etype, obj,
+                                   lambda ref: self._intent_of_invoice(credentials, ref))
         if etype in ("customer.subscription.updated", "customer.subscription.deleted"):
             items = (obj.get("items") or {}).get("data") or [{}]
             end = obj.get("current_period_end") or items[0].get("current_period_end")
@@ -181,20 +201,23 @@ class StripeProvider:
                                  period_end=_ts(end))]
         return [PaymentEvent(eid, etype, "ignored")]
 
-    @staticmethod
-    def _session_event(eid: str, etype: str, obj: dict[str, Any]) -> PaymentEvent:
+    def _session_event(self, credentials: Mapping[str, str], eid: str, etype: str,
+                       obj: dict[str, Any]) -> PaymentEvent:
         """A completed Checkout Session is paid only when its ``payment_status`` says so: with
         a delayed method (bank debit, transfer) it completes ``unpaid`` and the outcome comes
-        later as ``checkout.session.async_payment_succeeded`` or ``…_failed``."""
+        later as ``checkout.session.async_payment_succeeded`` or ``…_failed``. A subscription's
+        session names only its first invoice: the payment intent is asked of Stripe."""
         meta = obj.get("metadata") or {}
         common: dict[str, Any] = {"order_id": meta.get("order_id"), "order_ref": obj.get("id")}
         if obj.get("payment_status") not in ("paid", "no_payment_required"):
             return PaymentEvent(eid, etype, "processing", **common)
         if obj.get("mode") == "subscription":
             # Paid for the first period; the subscription's own events follow.
-            return PaymentEvent(eid, etype, "paid", payment_id=obj.get("invoice"),
-                                amount=int(obj.get("amount_total") or 0),
-                                subscription_ref=obj.get("subscription"), **common)
+            invoice = obj.get("invoice")
+            intent = self._intent_of_invoice(credentials, invoice) if invoice else None
+            return PaymentEvent(eid, etype, "paid", amount=int(obj.get("amount_total") or 0),
+                                subscription_ref=obj.get("subscription"),
+                                **_paid_by(invoice, intent), **common)
         return PaymentEvent(eid, etype, "paid", payment_id=obj.get("payment_intent"),
                             amount=int(obj.get("amount_total") or 0), **common)
 
@@ -210,6 +233,31 @@ class StripeProvider:
             return None
         found = (intent.to_dict().get("metadata") or {}).get("order_id")
         return str(found) if found else None
+
+    def _invoice_of_intent(self, credentials: Mapping[str, str],
+                           intent_id: str | None) -> str | None:
+        """The invoice a payment intent paid (a subscription's charge), or None."""
+        if not intent_id:
+            return None
+        try:
+            found = self._client(credentials).v1.invoice_payments.list(params={
+                "payment": {"type": "payment_intent", "payment_intent": intent_id},
+                "limit": 1})
+        except (stripe.StripeError, ProviderError) as exc:
+            log.warning("Stripe: no invoice found for a payment intent: %s", exc)
+            return None
+        invoice = next((p.to_dict().get("invoice") for p in found.data), None)
+        return str(invoice) if invoice else None
+
+    def _intent_of_invoice(self, credentials: Mapping[str, str],
+                           invoice_id: str) -> str | None:
+        """The payment intent that paid an invoice, or None when Stripe names none or cannot
+        be asked now (the order then records the invoice until a later event names it)."""
+        try:
+            return _fetch_intent(self._client(credentials), invoice_id)
+        except (stripe.StripeError, ProviderError) as exc:
+            log.warning("Stripe: the payment of invoice %s is not known: %s", invoice_id, exc)
+            return None
 
     def poll(self, credentials: Mapping[str, str], provider_ref: str) -> list[PaymentEvent]:
         """What a lost webhook would have said about a Checkout Session. One completed with a
@@ -227,12 +275,14 @@ class StripeProvider:
             raise ProviderError(str(exc)) from None
         source = "checkout.session.poll"
         if complete and state in ("paid", "no_payment_required"):
-            subscription = s.get("mode") == "subscription"
+            paid_by: dict[str, str | None] = {"payment_id": s.get("payment_intent")}
+            if s.get("mode") == "subscription":
+                invoice = s.get("invoice")
+                paid_by = _paid_by(invoice, self._intent_of_invoice(credentials, invoice)
+                                   if invoice else None)
             return [PaymentEvent(f"poll:{provider_ref}:paid", source, "paid",
                                  order_ref=provider_ref, amount=int(s.get("amount_total") or 0),
-                                 payment_id=s.get("invoice") if subscription
-                                 else s.get("payment_intent"),
-                                 subscription_ref=s.get("subscription"))]
+                                 subscription_ref=s.get("subscription"), **paid_by)]
         if complete and state == "failed":
             return [PaymentEvent(f"poll:{provider_ref}:failed", source, "failed",
                                  order_ref=provider_ref)]
@@ -252,14 +302,16 @@ class StripeProvider:
         try:
             client = self._client(credentials)
             invoices = client.v1.invoices.list(params={
-                "subscription": subscription_ref, "status": "paid", "limit": 100})
+                "subscription": subscription_ref, "status": "paid", "limit": 100,
+                "expand": ["data.payments"]})
             sub = client.v1.subscriptions.retrieve(subscription_ref).to_dict()
         except stripe.StripeError as exc:
             raise ProviderError(str(exc)) from None
         out: list[PaymentEvent] = []
         for invoice in sorted((i.to_dict() for i in invoices.data),
                               key=lambda i: int(i.get("created") or 0)):
-            out.extend(_invoice_events(f"poll:{invoice['id']}", "invoice.poll", invoice))
+            out.extend(_invoice_events(f"poll:{invoice['id']}", "invoice.poll", invoice,
+                                       lambda ref: self._intent_of_invoice(credentials, ref)))
         items = (sub.get("items") or {}).get("data") or [{}]
         end = sub.get("current_period_end") or items[0].get("current_period_end")
         status = SUBSCRIPTION_STATUS.get(str(sub.get("status")), "past_due")
@@ -286,15 +338,30 @@ class StripeProvider:
 
     def refund(self, credentials: Mapping[str, str], payment_id: str, amount: int,
                reason: str) -> str:
+        """Refund a payment intent or a charge. An order that recorded a subscription's
+        invoice in place of its payment (its payment intent was not known yet) is refunded
+        through the payment intent that paid the invoice, asked of Stripe first."""
         if not payment_id:
             raise ProviderError("the order has no Stripe payment to refund")
+        client = self._client(credentials)
         try:
-            refund = self._client(credentials).v1.refunds.create(params={
-                "payment_intent": payment_id, "amount": amount,
-                "metadata": {"reason": reason[:500]}})
+            target = _fetch_intent(client, payment_id) if payment_id.startswith("in_") \
+                else payment_id
+            if not target:
+                raise ProviderError(f"Stripe names no payment of invoice {payment_id}")
+            paid = {"charge" if target.startswith(("ch_", "py_")) else "payment_intent": target}
+            refund = client.v1.refunds.create(params={
+                **paid, "amount": amount, "metadata": {"reason": reason[:500]}})
         except stripe.StripeError as exc:
             raise ProviderError(str(exc.user_message or exc)) from None
         return str(refund.id)
+
+
+def _fetch_intent(client: stripe.StripeClient, invoice_id: str) -> str | None:
+    """The payment intent that paid an invoice; its ``payments`` are listed only when asked
+    for (newer API versions), older ones name ``payment_intent`` on the invoice."""
+    invoice = client.v1.invoices.retrieve(invoice_id, params={"expand": ["payments"]})
+    return _invoice_payment_intent(invoice.to_dict())
 
 
 def factory(app: Any) -> StripeProvider:
