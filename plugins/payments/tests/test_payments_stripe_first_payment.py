@@ -255,3 +255,31 @@ def test_a_refund_racing_the_event_that_names_the_payment_is_not_lost(make_app, 
             for body in (_charge_refunded(intent), _first_invoice_paid(first, "old", intent))])
         assert looked.is_set() and checked.is_set()
         assert _state(s, first["id"]) == ("refunded", intent, 1000, "canceled", 0)
+
+
+def test_a_renewal_whose_event_names_no_payment_asks_stripe_for_it(make_app):
+    """Newer API versions list an invoice's payments only when asked, so a renewal's
+    ``invoice.paid`` names no payment intent: it is asked of Stripe, and Stripe's refund of
+    it then finds the renewal's order."""
+    with fake_server("stripe") as fake:
+        s, _, plan_id = plan_school(make_app, fake, "stripe")
+        first = buy_plan(s, plan_id)
+        complete_subscription(s, fake, first)
+        end = int(time.time()) + 60 * DAY
+        renewal = {"id": "in_2", "object": "invoice", "billing_reason": "subscription_cycle",
+                   "status": "paid", "parent": {"subscription_details": {
+                       "subscription": "sub_1", "metadata": {"order_id": first["id"]}}},
+                   "amount_paid": 1000, "currency": "inr",
+                   "lines": {"data": [{"period": {"end": end}}]}}
+        fake.objects["in_2"] = {**renewal, "payments": {"object": "list", "data": [{
+            "object": "invoice_payment", "invoice": "in_2", "status": "paid",
+            "payment": {"type": "payment_intent", "payment_intent": "pi_r2"}}]}}
+        post_stripe(s, stripe_event("evt_in_2", "invoice.paid", renewal))
+        with s.kalpla.db.session() as db:
+            assert db.scalar(select(Order.provider_payment_id).where(
+                Order.provider_ref == "in_2")) == "pi_r2"
+        post_stripe(s, _charge_refunded("pi_r2", n=2))
+        with s.kalpla.db.session() as db:
+            assert db.execute(select(Order.kind, Order.status).where(
+                Order.plan_id.is_not(None)).order_by(Order.invoice_number)).all() == [
+                ("purchase", "paid"), ("renewal", "refunded")]
