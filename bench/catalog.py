@@ -237,10 +237,9 @@ def main(argv: list[str] | None = None) -> None:
                 words = load(conn, fx, rng, loaded, size)
                 if sqlite:
                     conn.exec_driver_sql("PRAGMA cache_size = -2000")
-            if engine.dialect.name == "postgresql":
-                with engine.connect() as conn:
-                    conn.exec_driver_sql("ANALYZE")  # as autovacuum would, soon after a load
-                    conn.commit()  # else the statistics are rolled back with the transaction
+            if engine.dialect.name == "postgresql":  # as autovacuum would, soon after a load
+                with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    conn.exec_driver_sql("VACUUM ANALYZE")
             print(f"loaded {size - loaded} courses ({words} search words) in "
                   f"{time.perf_counter() - started:.1f}s; {size} in all", flush=True)
             loaded = size
