@@ -399,6 +399,30 @@ def test_kalpla_jobs_reap_command(make_app):
                               ["jobs", "reap", "--queued-grace", "-1"]).exit_code == 2
 
 
+def test_kalpla_jobs_reap_waits_for_its_jobs_no_longer_than_max_wait(make_app):
+    apps: list[Any] = []
+
+    def factory() -> Any:
+        apps.append(make_app(plugins=["jobtest"], plugin_objects={"jobtest": jobs_support}))
+        return apps[-1]
+
+    seed = factory().extensions["kalpla"]
+    held = jobs_support.pause("reap-wait")
+    left = add_job(seed, status="queued", age=timedelta(minutes=10), upto=2, tag=tag(),
+                   pause="reap-wait")
+    try:
+        result = CliRunner().invoke(make_cli(create_app=factory),
+                                    ["jobs", "reap", "--max-wait", "1"])
+        assert held.reached.is_set()
+        assert result.exit_code == 1, result.output
+        assert "still running after 1 s" in result.output
+        assert row(seed, left).status == "running"
+    finally:
+        held.resume.set()
+    assert CliRunner().invoke(make_cli(create_app=factory),
+                              ["jobs", "reap", "--max-wait", "0"]).exit_code == 2
+
+
 # --- declaring and configuring ---------------------------------------------------------------
 
 def test_job_timeout_setting(tmp_path):
