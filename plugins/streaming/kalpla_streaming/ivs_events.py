@@ -32,6 +32,16 @@ class EventError(ValueError):
     """The body is not an IVS event."""
 
 
+class ForeignAccount(EventError):
+    """The event names a channel of another AWS account than the one it came through."""
+
+
+def account_of(arn: str) -> str | None:
+    """The account id of an ARN (``arn:aws:<service>:<region>:<account>:…``)."""
+    parts = arn.split(":", 5)
+    return parts[4] if len(parts) == 6 and parts[0] == "arn" and parts[4] else None
+
+
 def _time(value: Any) -> datetime:
     try:
         at = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
@@ -42,8 +52,10 @@ def _time(value: Any) -> datetime:
     return at
 
 
-def handle(session: Session, kalpla: Any, event: Any) -> str:
-    """Apply one event: ``applied``, ``unchanged``, ``repeat`` or ``ignored``."""
+def handle(session: Session, kalpla: Any, event: Any, account: str | None = None) -> str:
+    """Apply one event: ``applied``, ``unchanged``, ``repeat`` or ``ignored``. With
+    ``account`` (the SNS topic's), :class:`ForeignAccount` unless every channel the event
+    names is of that account."""
     if not isinstance(event, dict) or event.get("source") != "aws.ivs":
         raise EventError("not an aws.ivs event")
     kind, event_id = event.get("detail-type"), event.get("id")
@@ -55,6 +67,8 @@ def handle(session: Session, kalpla: Any, event: Any) -> str:
         return "ignored"
     channels = [r for r in event.get("resources") or [] if isinstance(r, str)
                 and ":channel/" in r]
+    if account is not None and any(account_of(arn) != account for arn in channels):
+        raise ForeignAccount(f"channel {channels[0]!r} is not of account {account!r}")
     streams = _stream_ids(detail)
     live = service.by_channel(session, channels[0], at, streams) if channels else None
     if live is None or service.PLUGIN not in kalpla.enabled_plugins(session,

@@ -297,15 +297,21 @@ def _certificates() -> sns.CertificateCache:
 
 
 def _sns_event(message: dict[str, Any]) -> Any:
-    """The IVS event inside a verified SNS notification (None for a confirmation)."""
+    """The IVS event inside a verified SNS notification of a configured topic (None for a
+    confirmation). Anyone can subscribe this URL to a topic of their own AWS account and
+    publish signed messages to it, so only the configured topics are taken: with none
+    configured, the SNS path is closed."""
     config = _config()
+    topic = message.get("TopicArn")
+    if topic not in config.sns_topic_arns:
+        log.warning("SNS message of topic %r refused: not in KALPLA_STREAMING_SNS_TOPIC_ARNS",
+                    topic)
+        raise APIError(403, "Messages of this topic are not accepted.", "unknown-topic")
     try:
         sns.verify(message, config.sns_cert_url_pattern, _certificates())
     except sns.SNSError as exc:
         log.warning("SNS message refused: %s", exc)
         raise APIError(403, "The SNS message signature is not valid.", "bad-signature") from None
-    if config.sns_topic_arns and message.get("TopicArn") not in config.sns_topic_arns:
-        raise APIError(403, "Messages of this topic are not accepted.", "unknown-topic")
     if message["Type"] == "SubscriptionConfirmation":
         try:
             sns.confirm_subscription(message, config.sns_cert_url_pattern)
@@ -336,16 +342,23 @@ class IVSWebhook(MethodView):
             body = json.loads(request.get_data(cache=False) or b"null")
         except ValueError:
             raise APIError(400, "The body is not JSON.", "bad-request") from None
+        account: str | None = None
         if isinstance(body, dict) and "SignatureVersion" in body and "Type" in body:
             event = _sns_event(body)
             if event is None:
                 return {"applied": False}
+            # A topic's events are about channels of the topic's own account.
+            account = ivs_events.account_of(str(body["TopicArn"])) or ""
         else:
             if not same_secret(request.headers.get(SECRET_HEADER), _config().eventbridge_secret):
                 raise APIError(401, "The shared secret is missing or wrong.", "unauthorized")
             event = body
         try:
-            outcome = ivs_events.handle(db_session(), kalpla(), event)
+            outcome = ivs_events.handle(db_session(), kalpla(), event, account)
+        except ivs_events.ForeignAccount as exc:
+            log.warning("IVS event refused: %s", exc)
+            raise APIError(403, "The event is about a channel of another AWS account than "
+                           "its topic's.", "foreign-account") from None
         except ivs_events.EventError as exc:
             raise APIError(422, f"Not an IVS event: {exc}.", "validation") from None
         log.info("IVS event %s: %s", event.get("id"), outcome)

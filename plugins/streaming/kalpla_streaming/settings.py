@@ -71,8 +71,9 @@ class DeploymentConfig:
 
     ``hook_secret`` authenticates the media server's publish/unpublish notifications,
     ``eventbridge_secret`` the EventBridge API destination's header; SNS messages are taken
-    only with a ``SigningCertURL`` matching ``sns_cert_url_pattern`` and, when
-    ``sns_topic_arns`` is set, from those topics."""
+    only from the topics in ``sns_topic_arns`` (none when unset: anyone can subscribe the
+    webhook to a topic of their own) with a ``SigningCertURL`` matching
+    ``sns_cert_url_pattern``."""
 
     hook_secret: str | None = None
     eventbridge_secret: str | None = None

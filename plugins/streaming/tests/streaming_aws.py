@@ -94,21 +94,21 @@ class SNSSigner:
         return {**message, "Signature": base64.b64encode(signature).decode()}
 
     def notification(self, event: dict[str, Any], version: str = "2",
-                     subject: str | None = None) -> dict[str, Any]:
+                     subject: str | None = None, topic: str = TOPIC) -> dict[str, Any]:
         message: dict[str, Any] = {
-            "Type": "Notification", "MessageId": str(uuid.uuid4()), "TopicArn": TOPIC,
+            "Type": "Notification", "MessageId": str(uuid.uuid4()), "TopicArn": topic,
             "Message": json.dumps(event), "Timestamp": _iso(datetime.now(UTC)),
             "UnsubscribeURL": f"{self.server.base}/unsubscribe"}
         if subject is not None:
             message["Subject"] = subject
         return self.sign(message, version)
 
-    def confirmation(self) -> dict[str, Any]:
+    def confirmation(self, topic: str = TOPIC) -> dict[str, Any]:
         token = uuid.uuid4().hex
         return self.sign({
             "Type": "SubscriptionConfirmation", "MessageId": str(uuid.uuid4()),
-            "Token": token, "TopicArn": TOPIC,
-            "Message": f"You have chosen to subscribe to the topic {TOPIC}.",
+            "Token": token, "TopicArn": topic,
+            "Message": f"You have chosen to subscribe to the topic {topic}.",
             "SubscribeURL": f"{self.server.base}/confirm?Action=ConfirmSubscription"
                             f"&Token={token}",
             "Timestamp": _iso(datetime.now(UTC))})

@@ -17,6 +17,7 @@ from kalpla_streaming.models import PlaybackKeyPair
 from sqlalchemy import func, select
 from streaming_aws import (
     LOCAL_PATTERN,
+    TOPIC,
     Capture,
     FakeIVS,
     LocalServer,
@@ -63,7 +64,8 @@ def _school(make_app: Any, endpoint: str | None = NOWHERE,
     return school(make_app, "ivs", {"ivs_allowed_origin": ORIGIN, "playback_token_ttl": 300,
                                     "ivs_recording_bucket": BUCKET, **settings},
                   aws_region="us-east-1", aws_endpoint_url=endpoint,
-                  streaming={"sns_cert_url_pattern": LOCAL_PATTERN, **(streaming or {})})
+                  streaming={"sns_cert_url_pattern": LOCAL_PATTERN, "sns_topic_arns": TOPIC,
+                             **(streaming or {})})
 
 
 @pytest.fixture
@@ -423,6 +425,50 @@ def test_sns_topics_can_be_restricted(make_app, server):
     signer = SNSSigner(server)
     problem(_sns(s, signer.notification(stream_event(channel_arn(), "Stream Start",
                                                        utcnow()))), 403)
+
+
+def test_sns_is_closed_until_topics_are_configured(make_app, server):
+    """Anyone may subscribe the webhook to a topic of their own account and publish signed
+    messages: with no topic configured, none is taken and no subscription is confirmed."""
+    s = _school(make_app, streaming={"sns_topic_arns": ""})
+    stubber = Stubber(ivs_client(s))
+    with stubber:
+        arn = _with_channel(s, stubber)
+    signer = SNSSigner(server)
+    server.files["/confirm"] = b"<ConfirmSubscriptionResponse/>"
+    body = problem(_sns(s, signer.confirmation()), 403)
+    assert body["type"] == "urn:kalpla:problem:unknown-topic"
+    problem(_sns(s, signer.notification(stream_event(arn, "Stream Start", utcnow()))), 403)
+    assert s.live().status == "scheduled"
+    assert not any(p.startswith("/confirm") for p in server.requests)
+
+
+def test_unlisted_topics_are_neither_confirmed_nor_heard(s, stub, server):
+    arn = _with_channel(s, stub)
+    signer = SNSSigner(server)
+    server.files["/confirm"] = b"<ConfirmSubscriptionResponse/>"
+    theirs = "arn:aws:sns:us-east-1:999999999999:attacker"
+    problem(_sns(s, signer.confirmation(topic=theirs)), 403)
+    problem(_sns(s, signer.notification(stream_event(arn, "Stream Start", utcnow()),
+                                        topic=theirs)), 403)
+    assert s.live().status == "scheduled"
+    assert not any(p.startswith("/confirm") for p in server.requests)
+
+
+def test_sns_events_must_be_of_the_topics_own_account(make_app, server):
+    """A listed topic of one account cannot move a channel of another."""
+    theirs = "arn:aws:sns:us-east-1:999999999999:ivs-events"
+    s = _school(make_app, streaming={"sns_topic_arns": f"{TOPIC},{theirs}"})
+    stubber = Stubber(ivs_client(s))
+    with stubber:
+        arn = _with_channel(s, stubber)
+    signer = SNSSigner(server)
+    body = problem(_sns(s, signer.notification(stream_event(arn, "Stream Start", utcnow()),
+                                               topic=theirs)), 403)
+    assert body["type"] == "urn:kalpla:problem:foreign-account"
+    assert s.live().status == "scheduled"
+    assert ok(_sns(s, signer.notification(stream_event(arn, "Stream Start", utcnow())))) == \
+        {"applied": True}
 
 
 def test_eventbridge_deliveries_need_the_secret(s, stub):
