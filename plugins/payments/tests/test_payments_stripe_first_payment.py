@@ -283,3 +283,17 @@ def test_a_renewal_whose_event_names_no_payment_asks_stripe_for_it(make_app):
             assert db.execute(select(Order.kind, Order.status).where(
                 Order.plan_id.is_not(None)).order_by(Order.invoice_number)).all() == [
                 ("purchase", "paid"), ("renewal", "refunded")]
+
+
+def test_an_invoice_stripe_names_no_payment_of_is_not_refunded(make_app):
+    with fake_server("stripe") as fake:
+        s, _, plan_id = plan_school(make_app, fake, "stripe")
+        first = buy_plan(s, plan_id)
+        complete_subscription(s, fake, first)
+        _record_invoice_as_payment(s, first["id"])
+        fake.objects["in_1"].pop("payments")  # paid out of band: no payment to refund
+        r = s.client.post(f"/api/v1/payments/orders/{first['id']}/refund",
+                          json={"reason": "asked"}, headers=s.auth(s.admin))
+        assert r.status_code == 502 and r.json["type"].endswith("provider-error"), r.json
+        assert _refunds_sent(fake) == []
+        assert _state(s, first["id"])[:3] == ("paid", "in_1", 0)
