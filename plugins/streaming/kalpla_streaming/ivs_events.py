@@ -16,12 +16,16 @@ institution disabled the plugin, are acknowledged and ignored.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from kalpla_core.toolkit import plugin_settings
 from kalpla_streaming import recordings, service
+
+log = logging.getLogger("kalpla_streaming")
 
 STREAM_STATE = "IVS Stream State Change"
 RECORDING_STATE = "IVS Recording State Change"
@@ -87,13 +91,19 @@ def handle(session: Session, kalpla: Any, event: Any, account: str | None = None
     if detail.get("recording_status") == "Recording End" and live.recording_file_id is None:
         bucket, prefix = detail.get("recording_s3_bucket_name"), detail.get(
             "recording_s3_key_prefix")
-        location = recordings.parse_s3(f"s3://{bucket}/{prefix}") \
-            if isinstance(bucket, str) and isinstance(prefix, str) else None
-        if location is not None:
-            live.recording_location = live.recording_location or location.key
-            recordings.add_ivs(session, kalpla, live, location)
-            session.flush()
-            return "applied"
+        settings = plugin_settings(service.PLUGIN, live.institution_id, session=session) or {}
+        buckets = recordings.ivs_buckets(session, live.institution_id,
+                                         settings.get("ivs_recording_bucket"))
+        location = recordings.ivs_location(bucket, prefix, channels[0], buckets)
+        if location is None:
+            log.warning("recording of session %s at s3://%r/%r ignored: not where the "
+                        "institution's recordings of %s are", live.id, bucket, prefix,
+                        channels[0])
+            return "ignored"
+        live.recording_location = live.recording_location or location.key
+        recordings.add_ivs(session, kalpla, live, location)
+        session.flush()
+        return "applied"
     return "unchanged"
 
 

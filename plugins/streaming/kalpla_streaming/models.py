@@ -113,6 +113,9 @@ class PlaybackKeyPair(Base):
     public_key_pem: Mapped[str] = mapped_column(Text)
     private_key_encrypted: Mapped[str] = mapped_column(Text)
     recording_configuration_arn: Mapped[str | None] = mapped_column(String(200))
+    # The bucket that configuration writes to: "Recording End" events naming another
+    # bucket are not believed.
+    recording_bucket: Mapped[str | None] = mapped_column(String(63))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -24,10 +24,11 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from kalpla_core.toolkit import APIError, add_file
-from kalpla_streaming.models import LiveSession
+from kalpla_streaming.models import LiveSession, PlaybackKeyPair
 
 log = logging.getLogger("kalpla_streaming")
 
@@ -64,6 +65,47 @@ def parse_s3(key: str) -> S3Location | None:
     if not bucket or not prefix:
         return None
     return S3Location(bucket, prefix)
+
+
+# Under a channel's folder IVS writes <year>/<month>/<day>/<hours>/<minutes>/<recording id>.
+IVS_PREFIX_DEPTH = 6
+
+
+def ivs_channel_folder(channel_arn: str) -> str | None:
+    """Where IVS writes a channel's recordings in the bucket: ``ivs/v1/<account>/<channel
+    id>/``; None for what is not a channel's ARN."""
+    parts = channel_arn.split(":", 5)
+    if len(parts) != 6 or parts[0] != "arn" or not parts[5].startswith("channel/"):
+        return None
+    account, channel_id = parts[4], parts[5].removeprefix("channel/")
+    if not account or not channel_id or "/" in channel_id:
+        return None
+    return f"ivs/v1/{account}/{channel_id}/"
+
+
+def ivs_buckets(session: Session, institution_id: str, configured: str | None) -> set[str]:
+    """The buckets the institution's recordings are in: the one its recording configuration
+    writes to, and ``configured`` (its ``ivs_recording_bucket``; the configuration's too,
+    when it was made before its bucket was kept)."""
+    made = session.scalar(select(PlaybackKeyPair.recording_bucket).where(
+        PlaybackKeyPair.institution_id == institution_id))
+    return {b for b in (made, configured) if isinstance(b, str) and b}
+
+
+def ivs_location(bucket: Any, prefix: Any, channel_arn: str,
+                 buckets: set[str]) -> S3Location | None:
+    """The recording a "Recording End" event of ``channel_arn`` names, if it is in one of
+    ``buckets`` and in that channel's folder, laid out as IVS does; else None. A recording
+    file's deletion deletes everything under its prefix, so no other place is believed."""
+    folder = ivs_channel_folder(channel_arn)
+    if folder is None or bucket not in buckets or not isinstance(prefix, str):
+        return None
+    prefix = prefix.strip("/")
+    rest = prefix.removeprefix(folder).split("/")
+    if not prefix.startswith(folder) or len(rest) != IVS_PREFIX_DEPTH \
+            or any(part in ("", ".", "..") for part in rest):
+        return None
+    return parse_s3(f"s3://{bucket}/{prefix}")
 
 
 def _rfc3339(at: datetime) -> str:

@@ -133,6 +133,7 @@ def test_mentor_broadcasts_students_watch_events_move_the_session(s, stub, serve
         (keys,) = db.scalars(select(PlaybackKeyPair)).all()
         assert keys.public_key_pem == material.value and "PRIVATE" not in keys.public_key_pem
         assert "PRIVATE" not in keys.private_key_encrypted
+        assert keys.recording_bucket == BUCKET  # where "Recording End" events may point
     live = s.live()
     assert live.channel_arn == arn and "StreamKeyValue1" not in (live.stream_key_encrypted or "")
 
@@ -178,7 +179,7 @@ def test_mentor_broadcasts_students_watch_events_move_the_session(s, stub, serve
     # The recording cannot be read in S3 (unreachable here): the event is refused, so that
     # it comes again, and nothing of it is kept; until then there is no recording to play.
     recorded = recording_event(arn, end + timedelta(minutes=1), BUCKET,
-                               "ivs/v1/123456789012/AbCd/2026/11/26/12/0/rec1")
+                               "ivs/v1/123456789012/AbCdEf123456/2026/11/26/12/0/rec1")
     assert problem(_eventbridge(s, recorded), 503)["type"] == \
         "urn:kalpla:problem:recording-unavailable"
     live = s.live()

@@ -104,3 +104,19 @@ def test_revision_s0002_downgrades_and_upgrades_again(make_app, empty_database_u
     assert "recording_location" in columns
     migrate.upgrade(kalpla)
     assert migrate.differences(kalpla) == []
+
+
+def test_revision_s0003_downgrades_and_upgrades_again(make_app, empty_database_url):
+    from sqlalchemy import inspect
+
+    from kalpla_core import migrate
+
+    kalpla = make_app(database_url=empty_database_url,
+                      plugins=["streaming"]).extensions["kalpla"]
+    migrate.upgrade(kalpla)
+    migrate.downgrade(kalpla, "s0002")
+    columns = {c["name"] for c in inspect(kalpla.db.engine).get_columns(
+        "streaming_playback_keys")}
+    assert "recording_bucket" not in columns and "recording_configuration_arn" in columns
+    migrate.upgrade(kalpla)
+    assert migrate.differences(kalpla) == []

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from kalpla_streaming import hls
 from kalpla_streaming.keys import PLAYBACK_KEY_PURPOSE, new_p384_key_pair, recording_token, seal
-from kalpla_streaming.models import PlaybackKeyPair
+from kalpla_streaming.models import LiveSession, PlaybackKeyPair
 from sqlalchemy import func, select
 from streaming_aws import recording_event, stream_event
 from streaming_support import EVENTBRIDGE_SECRET, School, ok, problem, school
@@ -59,16 +59,23 @@ def aws() -> Iterator[None]:
         yield
 
 
+CHANNEL = "arn:aws:ivs:us-east-1:123456789012:channel/AbCdEf"
+
+
 def _school(make_app: Any) -> School:
     s = school(make_app, "ivs", {"ivs_recording_bucket": None}, aws_region="us-east-1",
                aws_endpoint_url=None, aws_max_attempts=1)
-    pair = new_p384_key_pair()  # as if imported before: moto has no ImportPlaybackKeyPair
+    # As if made before: moto has neither ImportPlaybackKeyPair nor recording configurations.
+    pair = new_p384_key_pair()
     with s.kalpla.db.session() as db:
         db.add(PlaybackKeyPair(
             institution_id=s.school.id, arn="arn:aws:ivs:us-east-1:123456789012:playback-key/K",
             public_key_pem=pair.public_pem,
             private_key_encrypted=seal(s.kalpla.settings.secret_key, PLAYBACK_KEY_PURPOSE,
-                                       pair.private_pem)))
+                                       pair.private_pem),
+            recording_configuration_arn="arn:aws:ivs:us-east-1:123456789012:"
+                                        "recording-configuration/Rc1",
+            recording_bucket=BUCKET))
     return s
 
 
@@ -102,8 +109,11 @@ def _eventbridge(s: School, event: dict[str, Any]) -> Any:
 def _ended_session(s: School) -> tuple[str, Any]:
     """Broadcast, go live for 45 minutes, end; the channel's ARN and the end."""
     ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
-    arn = s.live().channel_arn
-    assert arn is not None
+    # moto's channel ids are random; IVS writes recordings under the channel's id.
+    with s.kalpla.db.session() as db:
+        live = db.get(LiveSession, s.session_id)
+        assert live is not None and live.channel_arn is not None
+        live.channel_arn = arn = CHANNEL
     start = utcnow().replace(microsecond=0) - timedelta(hours=1)
     ok(_eventbridge(s, stream_event(arn, "Stream Start", start)))
     ok(_eventbridge(s, stream_event(arn, "Stream End", start + timedelta(minutes=45))))
@@ -271,6 +281,48 @@ def test_a_renditions_link_cannot_renew_itself_through_the_master_playlist(make_
 def ok_text(response: Any) -> str:
     assert response.status_code == 200, response.get_data(as_text=True)
     return str(response.get_data(as_text=True))
+
+
+def test_recordings_elsewhere_than_the_channels_folder_are_ignored(make_app, aws):
+    """Deleting a recording's file deletes everything under its prefix: an event naming
+    another bucket, another channel's folder or a folder above a recording is ignored."""
+    s = _school(make_app)
+    _write_recording(s)
+    arn, end = _ended_session(s)
+    _s3(s).create_bucket(Bucket="someone-elses")
+    _s3(s).put_object(Bucket="someone-elses", Key=f"{PREFIX}/media/hls/master.m3u8", Body=MASTER)
+    other = "ivs/v1/123456789012/Other/2026/11/26/12/0/Rec1"
+    _write_recording(s, other)
+    for bucket, prefix in (("someone-elses", PREFIX), (BUCKET, other),
+                           (BUCKET, "ivs/v1/123456789012/AbCdEf"),
+                           (BUCKET, "ivs/v1/123456789012/AbCdEf/2026/11"),
+                           (BUCKET, f"{PREFIX}/media"),
+                           (BUCKET, "ivs/v1/123456789012/AbCdEf/2026/11/26/12/../Rec1"),
+                           (BUCKET, "ivs/v1/999999999999/AbCdEf/2026/11/26/12/0/Rec1")):
+        event = recording_event(arn, end + timedelta(minutes=2), bucket, prefix)
+        assert ok(_eventbridge(s, event)) == {"applied": False}, (bucket, prefix)
+        assert s.live().recording_file_id is None
+    assert ok(_eventbridge(s, recording_event(arn, end + timedelta(minutes=2), BUCKET,
+                                              f"/{PREFIX}/"))) == {"applied": True}
+    assert _files_at(s, f"s3://{BUCKET}/{PREFIX}") == 1
+
+
+def test_the_configured_bucket_counts_when_the_configuration_kept_none(make_app, aws):
+    s = _school(make_app)
+    _write_recording(s)
+    arn, end = _ended_session(s)
+    with s.kalpla.db.session() as db:  # a configuration made before its bucket was kept
+        keys = db.scalar(select(PlaybackKeyPair))
+        assert keys is not None
+        keys.recording_bucket = None
+    event = recording_event(arn, end + timedelta(minutes=2), BUCKET, PREFIX)
+    assert ok(_eventbridge(s, event)) == {"applied": False}
+    r = s.client.put("/api/v1/institutions/school/plugins/streaming",
+                     headers=s.factories.auth(s.admin, s.school),
+                     json={"settings": {"provider": "ivs", "ivs_recording_bucket": BUCKET}})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    event = recording_event(arn, end + timedelta(minutes=3), BUCKET, PREFIX)
+    assert ok(_eventbridge(s, event)) == {"applied": True}
 
 
 def test_no_master_playlist_means_no_file(make_app, aws):

@@ -157,7 +157,7 @@ class IVSProvider:
                              tags={"kalpla:institution": institution_id})
             arn = out["recordingConfiguration"]["arn"]
             undo.append(("delete_recording_configuration", {"arn": arn}))
-            row.recording_configuration_arn = arn
+            row.recording_configuration_arn, row.recording_bucket = arn, bucket
         return row
 
     # --- the port -------------------------------------------------------------------------
