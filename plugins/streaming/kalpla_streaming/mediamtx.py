@@ -13,7 +13,8 @@ publish, read and playback, and lets the client in only on a 2xx answer. Kalpla 
   still active);
 - ``playback`` of a recording (the playback server's ``/get`` and ``/list``) with a recording
   link's token (``rtmp-recording`` files' download URLs): for that path, for exactly the
-  window of the link when ``start`` is asked, and only while the file exists;
+  window of the link when ``start`` is asked, and only while the file exists and its
+  institution has the plugin enabled;
 - ``api`` to Kalpla itself only (it disconnects the publisher of a stopped session): user
   ``kalpla-<institution id>`` with that institution's password derived from the hook secret
   (:func:`~kalpla_streaming.providers.rtmp.api_credentials`), or user ``kalpla`` with the hook
@@ -87,7 +88,7 @@ def authorize(session: Session, kalpla: Any, secret_key: str, req: AuthRequest,
         return _deny(f"action {req.action!r} is not served")
     query = _query(req)
     if req.action == "playback":
-        return _recording(session, secret_key, req, query)
+        return _recording(session, kalpla, secret_key, req, query)
     live = service.by_path(session, req.path.strip("/"), now)
     if live is None or live.provider != "rtmp":
         return _deny("unknown path")
@@ -131,9 +132,10 @@ def _api_caller(req: AuthRequest, hook_secret: str | None) -> bool:
     return req.user == user and same_secret(req.password, password)
 
 
-def _recording(session: Session, secret_key: str, req: AuthRequest,
+def _recording(session: Session, kalpla: Any, secret_key: str, req: AuthRequest,
                query: dict[str, str]) -> Verdict:
-    """A recording link's token, for its path and (when asked) its window, file existing."""
+    """A recording link's token, for its path and (when asked) its window, while the file
+    exists and its institution has the plugin enabled."""
     for candidate in (query.get("jwt"), query.get("token"), req.token, req.password):
         key = read_recording_token(secret_key, candidate) if candidate else None
         window = recordings.parse_rtmp(key) if key else None
@@ -141,8 +143,11 @@ def _recording(session: Session, secret_key: str, req: AuthRequest,
             continue
         if "start" in query and not window.matches(query.get("start"), query.get("duration")):
             return _deny("another window of the recording")
-        if find_file(session, provider=recordings.RTMP_STORAGE, storage_key=key) is None:
+        file_id = find_file(session, provider=recordings.RTMP_STORAGE, storage_key=key)
+        if file_id is None:
             return _deny("the recording's file is gone")
+        if not service.recording_served(session, kalpla, file_id):
+            return _deny("plugin not enabled")
         return Verdict(True, "recording")
     return _deny("no valid recording token")
 

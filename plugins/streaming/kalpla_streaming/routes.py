@@ -24,6 +24,7 @@ from kalpla_core.toolkit import (
     page_response,
     paginate,
     plugin_settings,
+    require_enabled,
     utcnow,
 )
 from kalpla_streaming import attendance, hls, ivs_events, mediamtx, recordings, service, sns
@@ -159,6 +160,8 @@ class PlaybackView(MethodView):
         user = current_user()
         assert user is not None
         live = _session(session_id)
+        # The core checked the request's institution; this is the session's own.
+        require_enabled(service.PLUGIN, live.institution_id)
         service.require_viewer(db_session(), kalpla(), user, live)
         result = service.playback(_ctx(live), _provider(live), live, user)
         return {"url": result.url, "token": result.token.token if result.token else None,
@@ -209,7 +212,8 @@ class RecordingPlaylist(MethodView):
         """A playlist of an Amazon IVS recording (a lesson's ``ivs-recording`` file), through
         the signed link its download URL is: the renditions' playlists it names are signed
         links to this route, its segments presigned S3 URLs. 403 when the link is altered,
-        expired or another playlist's, 404 once the file is deleted."""
+        expired or another playlist's, 404 once the file is deleted or its institution no
+        longer has the plugin enabled."""
         if not hls.is_playlist_name(name):
             raise APIError(404, "There is no such recording.", "not-found")
         # The token names the playlist it links to: a rendition's link cannot be turned
@@ -217,7 +221,9 @@ class RecordingPlaylist(MethodView):
         key = read_recording_token(kalpla().settings.secret_key, args["token"], name)
         if key is None:
             raise APIError(403, "The link is not valid or has expired.", "forbidden")
-        if find_file(db_session(), provider=recordings.IVS_STORAGE, storage_key=key) is None:
+        file_id = find_file(db_session(), provider=recordings.IVS_STORAGE, storage_key=key)
+        # Any institution's link comes here: the recording's own must still have the plugin.
+        if not service.recording_served(db_session(), kalpla(), file_id):
             raise APIError(404, "There is no such recording.", "not-found")
         storage = kalpla().providers.get("storage", recordings.IVS_STORAGE, current_app)
         try:

@@ -332,6 +332,18 @@ def by_channel(session: Session, channel_arn: str, at: datetime,
     return channels.session_at(session, channel, at)
 
 
+def by_recording(session: Session, file_id: str) -> LiveSession | None:
+    """The session whose recording is the file ``file_id``."""
+    return session.scalar(select(LiveSession).where(LiveSession.recording_file_id == file_id))
+
+
+def recording_served(session: Session, kalpla: Any, file_id: str | None) -> bool:
+    """Whether a recording file's links may be served: the file is a session's recording,
+    and the session's institution still has the plugin enabled."""
+    live = by_recording(session, file_id) if file_id is not None else None
+    return live is not None and PLUGIN in kalpla.enabled_plugins(session, live.institution_id)
+
+
 def by_path(session: Session, path: str, at: datetime) -> LiveSession | None:
     """The session on a media server path at ``at``: the path's own session, or the one
     holding the course's path then."""

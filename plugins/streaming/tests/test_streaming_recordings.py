@@ -260,6 +260,20 @@ def test_altered_expired_or_deleted_links_serve_nothing(make_app, aws):
     assert s.live().recording_file_id is None
 
 
+def test_recording_links_serve_nothing_once_the_plugin_is_disabled(make_app, aws):
+    s = _school(make_app)
+    _write_recording(s)
+    arn, end = _ended_session(s)
+    ok(_eventbridge(s, recording_event(arn, end + timedelta(minutes=2), BUCKET, PREFIX)))
+    url = ok(s.post(f"/sessions/{s.session_id}/playback", s.enrolled))["url"]
+    variants = _uris(ok_text(s.client.get(_local(url))))
+    r = s.client.delete("/api/v1/institutions/school/plugins/streaming",
+                        headers=s.factories.auth(s.admin, s.school))
+    assert r.status_code == 204
+    problem(s.client.get(_local(url)), 404)
+    problem(s.client.get(_local(variants[0])), 404)
+
+
 def test_a_renditions_link_cannot_renew_itself_through_the_master_playlist(make_app, aws):
     # The links inside a playlist last hours; were a rendition's token good for the master
     # playlist too, each fetch of it would hand out fresh hours, and a link would never end.

@@ -489,6 +489,20 @@ def test_after_the_end_playback_is_the_recording(s):
     assert s.live().recording_file_id is None
 
 
+def test_recordings_are_not_served_once_the_plugin_is_disabled(s):
+    ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
+    start = utcnow().replace(microsecond=0) - timedelta(hours=1)
+    ok(_notify(s, "ready", start))
+    ok(_notify(s, "not_ready", start + timedelta(minutes=45)))
+    url = urlparse(ok(s.post(f"/sessions/{s.session_id}/playback", s.enrolled))["url"])
+    assert _auth(s, "playback", query=url.query).status_code == 200
+    r = s.client.delete("/api/v1/institutions/school/plugins/streaming",
+                        headers=s.factories.auth(s.admin, s.school))
+    assert r.status_code == 204
+    assert _auth(s, "playback", query=url.query).status_code == 403
+    problem(s.post(f"/sessions/{s.session_id}/playback", s.enrolled), 404)
+
+
 def test_no_recording_when_the_institution_does_not_record(make_app):
     s = school(make_app, "rtmp", {"rtmp_record": False})
     ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
