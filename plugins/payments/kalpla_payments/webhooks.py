@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from kalpla_core.toolkit import APIError
@@ -67,20 +67,33 @@ def process(session: Session, kalpla: Any, institution_id: str, provider: str,
 
 def find_order(session: Session, institution_id: str, provider: str,
                event: PaymentEvent) -> Order | None:
-    clauses = []
-    if event.order_id:
-        clauses.append(Order.id == event.order_id)
-    if event.order_ref:
-        clauses.append(Order.provider_ref == event.order_ref)
-    if event.payment_id:
-        clauses.append(Order.provider_payment_id == event.payment_id)
-    if event.replaces:  # an order that recorded this id before its payment was known
-        clauses.append(Order.provider_payment_id == event.replaces)
-    if not clauses:
-        return None
-    return session.scalar(select(Order).where(
-        Order.institution_id == institution_id, Order.provider == provider, or_(*clauses))
-        .limit(1))
+    """The order an event is about, by the most specific id it names, in this order: the
+    payment (or the id an order recorded in its place, ``replaces``), then the checkout's
+    reference, then the order id the gateway carried in metadata; always within the event's
+    institution and provider.
+
+    An event may name more than one order: Razorpay copies a subscription's notes (the plan's
+    first order) onto every renewal payment, and a charge can carry the first order in its
+    metadata. So an order found by its reference or id is this payment's only when it has no
+    payment yet or this one: a renewal's refund then finds the renewal (or is held for it),
+    never the plan's first order."""
+    scope = (Order.institution_id == institution_id, Order.provider == provider)
+    by_payment = (event.payment_id, event.replaces)
+    for value in by_payment:
+        if value:
+            order = session.scalar(select(Order).where(
+                *scope, Order.provider_payment_id == value)
+                .order_by(Order.created_at, Order.id).limit(1))
+            if order is not None:
+                return order
+    for column, value in ((Order.provider_ref, event.order_ref), (Order.id, event.order_id)):
+        if not value:
+            continue
+        order = session.scalar(select(Order).where(*scope, column == value))
+        if order is not None and (not event.payment_id
+                                  or order.provider_payment_id in (None, *by_payment)):
+            return order
+    return None
 
 
 def apply(session: Session, kalpla: Any, institution_id: str, provider: str,
