@@ -36,6 +36,7 @@ IVS_STORAGE = "ivs-recording"
 RTMP_STORAGE = "rtmp-recording"
 HLS_TYPE = "application/vnd.apple.mpegurl"
 MP4_TYPE = "video/mp4"
+MAX_KEY = 500  # a file's storage_key
 
 
 # --- where a recording is ---------------------------------------------------------------------
@@ -198,6 +199,10 @@ def add_rtmp(session: Session, live: LiveSession, path: str,
     seconds = max(math.ceil((live.ended_at - live.started_at).total_seconds()), 1)
     window = Window(settings.get("rtmp_recording_url", "http://localhost:9996"), path,
                     live.started_at, seconds)
+    if len(window.key) > MAX_KEY:  # settings saved before their length was limited
+        log.error("recording of session %s not kept: its key is longer than %d characters "
+                  "(shorten rtmp_recording_url)", live.id, MAX_KEY)
+        return None
     live.recording_file_id = add_file(
         session, institution_id=live.institution_id, course_id=live.course_id,
         lesson_id=live.lesson_id, provider=RTMP_STORAGE, storage_key=window.key,

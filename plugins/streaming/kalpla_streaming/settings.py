@@ -12,6 +12,18 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 DEFAULT_SNS_CERT_URL = r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/"
+# Keys and columns are built from the media server's URLs: a recording's key
+# (<rtmp_recording_url>/get?path=…&start=…, about 110 characters more) must fit a file's
+# storage_key (500), a playback URL (<rtmp_playback_url>/<path>/index.m3u8) its column.
+MAX_URL = 300
+
+
+def _url(schemes: tuple[str, ...], **kwargs: Any) -> fields.String:
+    """A media server URL: the scheme's, no query or fragment (Kalpla appends its own)."""
+    pattern = rf"^(?:{'|'.join(schemes)})://[^\s?#]+$"
+    return fields.String(validate=[validate.Length(max=MAX_URL),
+                                   validate.URL(schemes=set(schemes), require_tld=False),
+                                   validate.Regexp(pattern)], **kwargs)
 
 
 class StreamingSettings(Schema):
@@ -28,28 +40,26 @@ class StreamingSettings(Schema):
                                                   "student must watch to complete the lesson"})
     playback_token_ttl = fields.Integer(load_default=300, validate=validate.Range(30, 86400))
     # rtmp: where the media server (MediaMTX) takes streams and serves them (HLS).
-    rtmp_ingest_url = fields.String(load_default="rtmp://localhost:1935",
-                                    validate=validate.Regexp(r"^rtmps?://[^\s?#]+$"))
-    rtmp_playback_url = fields.String(load_default="http://localhost:8888",
-                                      validate=validate.Regexp(r"^https?://[^\s?#]+$"))
-    rtmp_recording_url = fields.String(load_default="http://localhost:9996",
-                                       validate=validate.Regexp(r"^https?://[^\s?#]+$"),
-                                       metadata={"description": "MediaMTX's playback server "
-                                                 "(recordings)"})
+    rtmp_ingest_url = _url(("rtmp", "rtmps"), load_default="rtmp://localhost:1935")
+    rtmp_playback_url = _url(("http", "https"), load_default="http://localhost:8888")
+    rtmp_recording_url = _url(("http", "https"), load_default="http://localhost:9996",
+                              metadata={"description": "MediaMTX's playback server "
+                                        "(recordings)"})
     rtmp_record = fields.Boolean(load_default=True, metadata={
         "description": "MediaMTX records the live paths (record: yes): an ended session's "
                        "recording becomes a resource of its lesson"})
-    rtmp_api_url = fields.String(load_default=None, allow_none=True,
-                                 validate=validate.Regexp(r"^https?://[^\s?#]+$"),
-                                 metadata={"description": "MediaMTX's control API: when set, "
-                                           "stopping a session disconnects its publisher"})
+    rtmp_api_url = _url(("http", "https"), load_default=None, allow_none=True,
+                        metadata={"description": "MediaMTX's control API: when set, "
+                                  "stopping a session disconnects its publisher"})
     # ivs
     ivs_channel_type = fields.String(
         load_default="STANDARD",
         validate=validate.OneOf(("BASIC", "STANDARD", "ADVANCED_SD", "ADVANCED_HD")))
     ivs_allowed_origin = fields.String(load_default="*", validate=validate.Length(1, 200))
-    ivs_recording_bucket = fields.String(load_default=None, allow_none=True,
-                                         validate=validate.Length(3, 63))
+    ivs_recording_bucket = fields.String(
+        load_default=None, allow_none=True,
+        validate=validate.Regexp(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+                                 error="Not an S3 bucket name."))
 
 
 class LiveLessonData(Schema):

@@ -6,8 +6,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from kalpla_streaming import recordings
 from kalpla_streaming.keys import read_rtmp_token, rtmp_token
-from kalpla_streaming.settings import DEFAULT_SNS_CERT_URL, DeploymentConfig
+from kalpla_streaming.models import LiveSession
+from kalpla_streaming.recordings import MAX_KEY, Window
+from kalpla_streaming.settings import DEFAULT_SNS_CERT_URL, MAX_URL, DeploymentConfig
 from streaming_support import ok, problem, school
 
 from kalpla_core.db import utcnow
@@ -58,6 +61,37 @@ def test_institution_settings_are_validated(make_app):
                                         "rtmp_ingest_url": "ftp://x"}})
     errors = problem(r, 422)["errors"]["settings"]
     assert {"provider", "attendance_percent", "rtmp_ingest_url"} <= set(errors)
+
+
+def test_url_settings_are_urls_short_enough_for_the_keys_made_of_them(make_app):
+    s = school(make_app, "rtmp")
+    admin = s.factories.auth(s.admin, s.school)
+    long = "http://media.school.test/" + "a" * 400
+    r = s.client.put("/api/v1/institutions/school/plugins/streaming", headers=admin,
+                     json={"settings": {"rtmp_recording_url": long, "rtmp_api_url": long,
+                                        "rtmp_playback_url": "http://a b",
+                                        "rtmp_ingest_url": "rtmp://x/?key=1",
+                                        "ivs_recording_bucket": "Not_A_Bucket"}})
+    errors = problem(r, 422)["errors"]["settings"]
+    assert {"rtmp_recording_url", "rtmp_api_url", "rtmp_playback_url", "rtmp_ingest_url",
+            "ivs_recording_bucket"} <= set(errors)
+    longest = "http://media.school.test/" + "a" * (MAX_URL - 25)
+    ok(s.client.put("/api/v1/institutions/school/plugins/streaming", headers=admin,
+                    json={"settings": {"rtmp_recording_url": longest,
+                                       "ivs_recording_bucket": "school.recordings-1"}}))
+    # The longest recording key such a URL makes fits a file's storage key.
+    live = LiveSession(id="a" * 32, title="t", started_at=utcnow() - timedelta(days=9999),
+                       ended_at=utcnow())
+    assert len(Window(longest, "live/" + "b" * 32, live.started_at, 10**9).key) <= MAX_KEY
+
+
+def test_a_recording_key_too_long_for_its_column_is_not_kept():
+    """Settings saved before URLs were limited: the recording is skipped, not a failure."""
+    now = utcnow()
+    live = LiveSession(id="a" * 32, title="t", started_at=now - timedelta(hours=1), ended_at=now)
+    settings = {"rtmp_recording_url": "http://media.school.test/" + "a" * 450}
+    assert recordings.add_rtmp(None, live, "live/x", settings) is None  # type: ignore[arg-type]
+    assert live.recording_file_id is None
 
 
 def test_rtmp_tokens_are_refused_when_tampered_or_expired():

@@ -370,6 +370,33 @@ def test_an_unreadable_bucket_makes_the_event_come_again(make_app, aws, monkeypa
     assert s.live().recording_file_id is not None
 
 
+def test_a_refused_oversized_playlist_closes_its_s3_body(make_app, monkeypatch):
+    from kalpla_streaming.providers.storage import IVSRecordingStorage
+
+    class Body:
+        closed = False
+
+        def read(self, size: int) -> bytes:
+            return b"#" * size
+
+        def close(self) -> None:
+            self.closed = True
+
+    body = Body()
+
+    class Client:
+        def get_object(self, **_: Any) -> dict[str, Any]:
+            return {"Body": body}
+
+    s = school(make_app, "ivs")
+    monkeypatch.setattr(IVSRecordingStorage, "client", property(lambda self: Client()))
+    with s.app.app_context():
+        storage = s.kalpla.providers.get("storage", "ivs-recording", s.app)
+        with pytest.raises(hls.PlaylistError, match="too large"):
+            storage.playlist(f"s3://{BUCKET}/{PREFIX}", "master.m3u8")
+    assert body.closed
+
+
 # --- the playlist rewriting itself --------------------------------------------------------------
 
 def _rewrite(text: str, directory: str = "") -> str:

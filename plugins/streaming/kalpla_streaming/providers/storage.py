@@ -134,7 +134,10 @@ class IVSRecordingStorage(_Recordings):
             if _missing(exc):
                 raise LookupError(name) from None
             raise
-        data = body.read(hls.MAX_PLAYLIST_BYTES + 1)
+        try:
+            data = body.read(hls.MAX_PLAYLIST_BYTES + 1)
+        finally:  # the rest of a refused playlist is not read: give the connection back
+            body.close()
         if len(data) > hls.MAX_PLAYLIST_BYTES:
             raise hls.PlaylistError("the playlist is too large")
         try:
