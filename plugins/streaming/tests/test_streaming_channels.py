@@ -8,11 +8,13 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import jwt
 import pytest
 from botocore.stub import Stubber
 from kalpla_streaming import routes
 from kalpla_streaming.keys import rtmp_token
 from kalpla_streaming.models import Channel, LiveSession
+from kalpla_streaming.providers.ivs import COURSE_TOKEN_TTL
 from sqlalchemy import delete, func, select
 from streaming_aws import (
     channel_arn,
@@ -235,8 +237,12 @@ def test_one_ivs_channel_per_course_and_events_follow_their_stream(ivs, monkeypa
     start = stream_event(arn, "Stream Start", T0 + timedelta(minutes=5), stream_id="st-A")
     assert ok(_eventbridge(s, start)) == {"applied": True}
     assert _session(s, first).status == "live" and _session(s, first).stream_id == "st-A"
-    token = ok(s.post(f"/sessions/{first}/playback", s.enrolled))["token"]
-    assert token
+    grant = ok(s.post(f"/sessions/{first}/playback", s.enrolled))
+    # A token is bound to the course's channel, which the next class takes over: it lasts
+    # three minutes, not the institution's playback_token_ttl (300 s).
+    exp = jwt.decode(grant["token"], options={"verify_signature": False})["exp"]
+    assert exp == int((T0 + timedelta(minutes=2)).timestamp()) + COURSE_TOKEN_TTL
+    assert datetime.fromisoformat(grant["expires_at"]).timestamp() == exp
     ok(_eventbridge(s, stream_event(arn, "Stream End", T0 + timedelta(minutes=50),
                                     stream_id="st-A")))
     _at(monkeypatch, 60)

@@ -190,6 +190,18 @@ def test_mentor_broadcasts_students_watch_events_move_the_session(s, stub, serve
     stub.assert_no_pending_responses()
 
 
+def test_playback_tokens_last_at_most_the_ten_minutes_ivs_takes(make_app):
+    # IVS refuses a token with aws:viewer-id whose exp is more than ten minutes ahead.
+    s = _school(make_app, playback_token_ttl=3600)
+    with Stubber(ivs_client(s)) as stub:
+        _expect_setup(stub, s, channel_arn())
+        ok(s.post(f"/sessions/{s.session_id}/broadcast", s.instructor))
+    before = int(utcnow().timestamp())
+    token = ok(s.post(f"/sessions/{s.session_id}/playback", s.enrolled))["token"]
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    assert before + 600 <= exp <= int(utcnow().timestamp()) + 600
+
+
 def test_reordered_events_end_in_the_same_state(s, stub):
     arn = channel_arn()
     _expect_setup(stub, s, arn)

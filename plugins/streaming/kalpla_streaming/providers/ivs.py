@@ -42,6 +42,12 @@ log = logging.getLogger("kalpla_streaming.ivs")
 
 THROTTLING = frozenset({"ThrottlingException", "TooManyRequestsException", "Throttling",
                         "RequestLimitExceeded"})
+# IVS refuses tokens carrying aws:viewer-id (ours all do) whose exp is more than ten minutes
+# ahead. A course's channel carries each of its sessions in turn and a token is bound to the
+# channel, not the session: its tokens last three minutes, so one given for a class cannot
+# start the next class's stream on the same channel much later.
+MAX_TOKEN_TTL = 600
+COURSE_TOKEN_TTL = 180
 CHANNEL_FIELDS = ("channel_arn", "stream_key_arn", "ingest_endpoint", "playback_url",
                   "stream_key_encrypted")
 
@@ -208,15 +214,19 @@ class IVSProvider:
 
     def playback(self, ctx: ProviderContext, live: LiveSession, channel: ChannelRow,
                  viewer_id: str) -> Playback:
-        """The live stream only: an ended session's recording is a file of its lesson."""
+        """The live stream only: an ended session's recording is a file of its lesson. The
+        token lasts ``playback_token_ttl``, at most ten minutes (three on a course's
+        channel); players ask the playback route again for a fresh one."""
         assert channel.channel_arn is not None and channel.playback_url is not None
         keys = ctx.session.scalar(select(PlaybackKeyPair).where(
             PlaybackKeyPair.institution_id == live.institution_id))
         assert keys is not None  # made with the channel
         private = unseal(ctx.secret_key, PLAYBACK_KEY_PURPOSE, keys.private_key_encrypted)
+        ttl = min(int(ctx.settings["playback_token_ttl"]),
+                  COURSE_TOKEN_TTL if isinstance(channel, Channel) else MAX_TOKEN_TTL)
         token = ivs_token(private, channel_arn=channel.channel_arn, viewer_id=viewer_id,
                           allowed_origin=ctx.settings.get("ivs_allowed_origin", "*"),
-                          now=ctx.now, ttl=int(ctx.settings["playback_token_ttl"]))
+                          now=ctx.now, ttl=ttl)
         return Playback(f"{channel.playback_url}?token={quote(token.token)}", token)
 
 
