@@ -12,6 +12,9 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 DEFAULT_SNS_CERT_URL = r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/"
+# arn:<partition>:sns:<region>:<account>:<topic>; the account is the one its events' channels
+# must be of.
+SNS_TOPIC_ARN = r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]{1,256}$"
 # Keys and columns are built from the media server's URLs: a recording's key
 # (<rtmp_recording_url>/get?path=…&start=…, about 110 characters more) must fit a file's
 # storage_key (500), a playback URL (<rtmp_playback_url>/<path>/index.m3u8) its column.
@@ -113,6 +116,10 @@ class DeploymentConfig:
         except re.error as exc:
             raise ValueError(f"KALPLA_STREAMING_SNS_CERT_URL_PATTERN is not a valid regular "
                              f"expression: {exc}") from None
+        wrong = [t for t in config.sns_topic_arns if not re.match(SNS_TOPIC_ARN, t)]
+        if wrong:
+            raise ValueError(f"KALPLA_STREAMING_SNS_TOPIC_ARNS holds what is not an SNS topic's "
+                             f"ARN: {', '.join(wrong)}")
         if config.aws_attempts < 1:
             raise ValueError("KALPLA_STREAMING_AWS_ATTEMPTS must be at least 1")
         return config

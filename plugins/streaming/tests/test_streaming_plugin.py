@@ -17,13 +17,18 @@ from kalpla_core.db import utcnow
 
 pytestmark = pytest.mark.plugins("streaming")
 
+TOPIC_A = "arn:aws:sns:us-east-1:123456789012:ivs-events"
+TOPIC_B = "arn:aws-cn:sns:cn-north-1:210987654321:ivs.events-2"
+
 
 def test_deployment_settings_from_the_environment():
     config = DeploymentConfig.load(environ={
         "KALPLA_STREAMING_HOOK_SECRET": "h", "KALPLA_STREAMING_EVENTBRIDGE_SECRET": "e",
-        "KALPLA_STREAMING_SNS_TOPIC_ARNS": "arn:a, arn:b", "KALPLA_STREAMING_AWS_ATTEMPTS": "5"})
+        "KALPLA_STREAMING_SNS_TOPIC_ARNS": f"{TOPIC_A}, {TOPIC_B}",
+        "KALPLA_STREAMING_AWS_ATTEMPTS": "5"})
     assert (config.hook_secret, config.eventbridge_secret) == ("h", "e")
-    assert config.sns_topic_arns == ("arn:a", "arn:b")
+    assert config.sns_topic_arns == (TOPIC_A, TOPIC_B)
+    assert DeploymentConfig.load(environ={}).sns_topic_arns == ()  # SNS closed
     assert config.aws_attempts == 5
     assert config.sns_cert_url_pattern == DEFAULT_SNS_CERT_URL
     # Overrides (create_app's "streaming" mapping) win over the environment.
@@ -34,6 +39,8 @@ def test_deployment_settings_from_the_environment():
 @pytest.mark.parametrize(("variable", "value", "message"), [
     ("KALPLA_STREAMING_SNS_CERT_URL_PATTERN", "([", "SNS_CERT_URL_PATTERN"),
     ("KALPLA_STREAMING_AWS_ATTEMPTS", "0", "AWS_ATTEMPTS"),
+    ("KALPLA_STREAMING_SNS_TOPIC_ARNS", f"{TOPIC_A},arn:a", "SNS_TOPIC_ARNS"),
+    ("KALPLA_STREAMING_SNS_TOPIC_ARNS", "arn:aws:sns:us-east-1:12345:t", "SNS_TOPIC_ARNS"),
 ])
 def test_invalid_deployment_settings_name_the_variable(variable, value, message):
     with pytest.raises(ValueError, match=message):
