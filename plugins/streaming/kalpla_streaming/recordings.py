@@ -99,7 +99,8 @@ def ivs_location(bucket: Any, prefix: Any, channel_arn: str,
     ``buckets`` and in that channel's folder, laid out as IVS does; else None. A recording
     file's deletion deletes everything under its prefix, so no other place is believed."""
     folder = ivs_channel_folder(channel_arn)
-    if folder is None or bucket not in buckets or not isinstance(prefix, str):
+    if folder is None or not isinstance(bucket, str) or bucket not in buckets \
+            or not isinstance(prefix, str):
         return None
     prefix = prefix.strip("/")
     rest = prefix.removeprefix(folder).split("/")

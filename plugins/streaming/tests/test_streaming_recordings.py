@@ -312,7 +312,8 @@ def test_recordings_elsewhere_than_the_channels_folder_are_ignored(make_app, aws
                            (BUCKET, "ivs/v1/123456789012/AbCdEf/2026/11"),
                            (BUCKET, f"{PREFIX}/media"),
                            (BUCKET, "ivs/v1/123456789012/AbCdEf/2026/11/26/12/../Rec1"),
-                           (BUCKET, "ivs/v1/999999999999/AbCdEf/2026/11/26/12/0/Rec1")):
+                           (BUCKET, "ivs/v1/999999999999/AbCdEf/2026/11/26/12/0/Rec1"),
+                           ([BUCKET], PREFIX), (BUCKET, [PREFIX]), (None, None)):
         event = recording_event(arn, end + timedelta(minutes=2), bucket, prefix)
         assert ok(_eventbridge(s, event)) == {"applied": False}, (bucket, prefix)
         assert s.live().recording_file_id is None
