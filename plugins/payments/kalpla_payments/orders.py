@@ -429,11 +429,13 @@ def refund(session: Session, kalpla: Any, order: Order, *, amount: int | None, r
                         now=now)
 
 
-def expire_due(session: Session, now: datetime) -> int:
-    """Pending orders past their expiry become expired."""
-    due = list(session.scalars(select(Order.id).where(Order.status == "pending",
-                                                      Order.expires_at <= now)))
-    for order_id in due:
-        fail(session, lock(session, order_id), status="expired", actor="system",
-             reason="The checkout was not completed in time.", now=now)
-    return len(due)
+def expire_due(session: Session, now: datetime, limit: int | None = None) -> tuple[int, bool]:
+    """Pending orders past their expiry become expired, at most ``limit`` of them (oldest
+    first); how many did, and whether there may be more."""
+    query = select(Order.id).where(Order.status == "pending", Order.expires_at <= now) \
+        .order_by(Order.expires_at, Order.id)
+    due = list(session.scalars(query if limit is None else query.limit(limit)))
+    expired = sum(fail(session, lock(session, order_id), status="expired", actor="system",
+                       reason="The checkout was not completed in time.", now=now)
+                  for order_id in due)
+    return expired, limit is not None and len(due) == limit

@@ -16,11 +16,12 @@ unique per gateway charge. No Flask here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
 from kalpla_core.toolkit import APIError
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 # ``reconcile`` also asks about subscriptions whose period ends this soon, this many a run.
 AHEAD = timedelta(days=1)
 AHEAD_BATCH = 100
+# ``reconcile`` reads pending orders and lapsed subscriptions this many at a time.
+RECONCILE_BATCH = 100
 # A refund held for a payment no order has taken is dropped by ``reconcile`` after this long.
 HELD_REFUND_DAYS = 30
 
@@ -244,63 +247,150 @@ def _apply_renewal(session: Session, kalpla: Any, institution_id: str, provider:
     _extend(session, kalpla, sub, event, now)
 
 
-def _subscriptions_to_ask(session: Session, now: datetime) -> list[Subscription]:
+@dataclass(frozen=True)
+class _Ask:
+    """One thing ``reconcile`` asks a gateway about, read before the call so that no row (nor
+    SQLite's write lock) is held while the gateway answers."""
+
+    kind: str  # "order" (a pending checkout) or "subscription"
+    id: str
+    institution_id: str
+    provider: str
+    ref: str
+
+
+@dataclass
+class _Tally:
+    asked: int = 0
+    applied: int = 0
+    failed: int = 0
+
+
+def _pending_orders(session: Session, now: datetime) -> Iterator[list[_Ask]]:
+    """Pending gateway orders made before ``now``, ``RECONCILE_BATCH`` at a time, oldest first
+    (keyset on ``created_at, id``: an order paid meanwhile moves nothing). Each read ends
+    before its batch is handed out."""
+    after: tuple[datetime, str] | None = None
+    while True:
+        query = select(Order.id, Order.created_at, Order.institution_id, Order.provider,
+                       Order.provider_ref).where(
+            Order.status == "pending", Order.provider_ref.is_not(None),
+            Order.created_at <= now)
+        if after is not None:
+            query = query.where(tuple_(Order.created_at, Order.id) > tuple_(*after))
+        rows = session.execute(query.order_by(Order.created_at, Order.id)
+                               .limit(RECONCILE_BATCH)).all()
+        session.commit()
+        if rows:
+            yield [_Ask("order", r.id, r.institution_id, r.provider, str(r.provider_ref))
+                   for r in rows]
+        if len(rows) < RECONCILE_BATCH:
+            return
+        after = (rows[-1].created_at, rows[-1].id)
+
+
+def _subscriptions_to_ask(session: Session, now: datetime) -> Iterator[list[_Ask]]:
     """Live gateway subscriptions whose period ran out here (all of them: they would lapse
-    unasked), then up to ``AHEAD_BATCH`` of those whose period ends within ``AHEAD``, soonest
-    first: the gateway charges a renewal around the period's end, so a lost webhook is found
-    within a run or two of the charge, not only once the period ran out here."""
+    unasked; ``RECONCILE_BATCH`` at a time by id, as their period moves when asked), then up
+    to ``AHEAD_BATCH`` of those whose period ends within ``AHEAD``, soonest first: the
+    gateway charges a renewal around the period's end, so a lost webhook is found within a
+    run or two of the charge, not only once the period ran out here."""
     gateway = (Subscription.status.in_(access.LIVE_SUBSCRIPTION),
                Subscription.provider_ref.is_not(None))
-    due = list(session.scalars(select(Subscription).where(
-        *gateway, Subscription.current_period_end <= now).order_by(Subscription.id)))
-    soon = session.scalars(select(Subscription).where(
+    columns = (Subscription.id, Subscription.institution_id, Subscription.provider,
+               Subscription.provider_ref)
+    # Read first: a lapsed subscription asked below may move into this window, and is not
+    # asked twice; periods only move on, so none of these can lapse meanwhile.
+    soon = [_Ask("subscription", *r) for r in session.execute(select(*columns).where(
         *gateway, Subscription.current_period_end > now,
         Subscription.current_period_end <= now + AHEAD)
-        .order_by(Subscription.current_period_end, Subscription.id).limit(AHEAD_BATCH))
-    return due + list(soon)
+        .order_by(Subscription.current_period_end, Subscription.id).limit(AHEAD_BATCH))]
+    session.commit()
+    after = ""
+    while True:
+        rows = session.execute(select(*columns).where(
+            *gateway, Subscription.current_period_end <= now, Subscription.id > after)
+            .order_by(Subscription.id).limit(RECONCILE_BATCH)).all()
+        session.commit()
+        if rows:
+            yield [_Ask("subscription", *r) for r in rows]
+        if len(rows) < RECONCILE_BATCH:
+            break
+        after = rows[-1].id
+    if soon:
+        yield soon
+
+
+def _ask(session: Session, kalpla: Any, ask: _Ask, keys: dict[tuple[str, str], Any],
+         tally: _Tally, now: datetime) -> None:
+    """Ask the gateway about one order or subscription with no transaction open, then apply
+    its answer in a short transaction of its own. A failure is logged and counted, its
+    writes (and its events' claims) rolled back, so the next run tries again."""
+    where = {ask.kind: ask.id, "provider": ask.provider}
+    try:
+        provider = orders.provider_of(kalpla, ask.provider)
+        if ask.kind == "subscription" and not hasattr(provider, "poll_subscription"):
+            return
+        key = (ask.institution_id, ask.provider)
+        if key not in keys:
+            keys[key] = credentials.load(session, kalpla, *key)
+            session.commit()  # the read ends before the gateway is asked
+        found = provider.poll(keys[key], ask.ref) if ask.kind == "order" \
+            else provider.poll_subscription(keys[key], ask.ref)
+    except (ProviderError, APIError) as exc:
+        session.rollback()
+        tally.failed += 1
+        log.warning("reconcile: %s", getattr(exc, "detail", None) or exc, extra=where)
+        return
+    except Exception:
+        session.rollback()
+        tally.failed += 1
+        log.exception("reconcile: asking the gateway failed", extra=where)
+        return
+    tally.asked += 1
+    try:
+        applied = process(session, kalpla, ask.institution_id, ask.provider, found,
+                          now).applied
+        session.commit()
+    except Exception:
+        session.rollback()
+        tally.failed += 1
+        log.exception("reconcile: applying the gateway's answer failed", extra=where)
+        return
+    tally.applied += applied
 
 
 def reconcile(session: Session, kalpla: Any, now: datetime) -> dict[str, int]:
     """Ask each gateway about pending orders, and about its subscriptions whose period ran
     out or ends soon, and apply what it says (as lost webhooks would have; a renewal found
     this way is an order paid when the gateway charged it and moves the period on); then
-    expire pending orders past their time and subscriptions still past their period."""
-    applied = asked = 0
-    pending = list(session.scalars(select(Order).where(
-        Order.status == "pending", Order.provider_ref.is_not(None)).order_by(Order.id)))
-    for order in pending:
-        provider = orders.provider_of(kalpla, order.provider)
-        assert order.provider_ref is not None
-        try:
-            found = provider.poll(credentials.load(session, kalpla, order.institution_id,
-                                                   order.provider), order.provider_ref)
-        except ProviderError as exc:
-            log.warning("reconcile: %s", exc, extra={"order": order.id})
-            continue
-        asked += 1
-        applied += process(session, kalpla, order.institution_id, order.provider, found,
-                           now).applied
-    for sub in _subscriptions_to_ask(session, now):
-        provider = orders.provider_of(kalpla, sub.provider)
-        if not hasattr(provider, "poll_subscription"):
-            continue
-        assert sub.provider_ref is not None
-        try:
-            found = provider.poll_subscription(credentials.load(
-                session, kalpla, sub.institution_id, sub.provider), sub.provider_ref)
-        except ProviderError as exc:
-            log.warning("reconcile: %s", exc, extra={"subscription": sub.id})
-            continue
-        asked += 1
-        applied += process(session, kalpla, sub.institution_id, sub.provider, found,
-                           now).applied
-    expired = orders.expire_due(session, now)
+    expire pending orders past their time and subscriptions still past their period.
+
+    Work is read in bounded batches and committed an order (or subscription) at a time, each
+    gateway call made with no transaction open; one that fails is counted in ``failed`` and
+    the rest go on."""
+    tally = _Tally()
+    keys: dict[tuple[str, str], Any] = {}
+    for batch in _pending_orders(session, now):
+        for ask in batch:
+            _ask(session, kalpla, ask, keys, tally, now)
+    for batch in _subscriptions_to_ask(session, now):
+        for ask in batch:
+            _ask(session, kalpla, ask, keys, tally, now)
+    expired = 0
+    while True:
+        done, more = orders.expire_due(session, now, limit=RECONCILE_BATCH)
+        session.commit()
+        expired += done
+        if not more:
+            break
     lapsed = access.expire_subscriptions(session, kalpla, now)
     stale = _drop_stale_held_refunds(session, now)
     # Refunds of payments no order has taken yet (a renewal's event still to come).
     held = session.scalar(select(func.count()).select_from(HeldRefund)) or 0
-    return {"asked": asked, "applied": applied, "expired_orders": expired,
-            "expired_subscriptions": lapsed, "held_refunds": held, "dropped_refunds": stale}
+    return {"asked": tally.asked, "applied": tally.applied, "failed": tally.failed,
+            "expired_orders": expired, "expired_subscriptions": lapsed, "held_refunds": held,
+            "dropped_refunds": stale}
 
 
 def _drop_stale_held_refunds(session: Session, now: datetime) -> int:

@@ -286,6 +286,10 @@ class FakeGateway:
     calls: list[tuple[str, str, Any]] = field(default_factory=list)
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)
     counter: Any = field(default_factory=lambda: itertools.count(1))
+    # Paths that answer 500, as a gateway having a bad moment does.
+    broken: set[str] = field(default_factory=set)
+    # Called with (method, path) as each request arrives, before it is answered.
+    on_request: Any = None
 
     def next_id(self, prefix: str) -> str:
         return f"{prefix}_{next(self.counter)}"
@@ -392,8 +396,17 @@ def _razorpay(fake: FakeGateway, method: str, path: str, query: dict[str, str], 
                                      short_url=f"{fake.url}/rzp/{oid}")
         return 200, fake.objects[oid]
     if method == "GET" and path == "/v1/invoices":
-        found = _listing(fake, "invoice", subscription_id=query["subscription_id"])
-        return 200, {"entity": "collection", "count": len(found), "items": found}
+        # As Razorpay pages a collection: newest first, ``count`` (10 unless asked, at most
+        # 100) from ``skip``.
+        found = sorted(_listing(fake, "invoice", subscription_id=query["subscription_id"]),
+                       key=lambda i: (int(i.get("created_at") or i.get("billing_start") or 0),
+                                      str(i["id"])), reverse=True)
+        count, skip = int(query.get("count", 10)), int(query.get("skip", 0))
+        if not 1 <= count <= 100:
+            return 400, {"error": {"code": "BAD_REQUEST_ERROR",
+                                   "description": "count must be between 1 and 100"}}
+        page = found[skip:skip + count]
+        return 200, {"entity": "collection", "count": len(page), "items": page}
     parts = path.strip("/").split("/")
     if method == "GET" and len(parts) == 3 and parts[2] in fake.objects:
         return 200, fake.objects[parts[2]]
@@ -418,8 +431,15 @@ def fake_server(kind: str) -> Iterator[FakeGateway]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             path, _, query = self.path.partition("?")
-            status, payload = handle(fake, self.command, path, dict(parse_qsl(query)),
-                                     self.headers.get("Authorization", ""), body)
+            if fake.on_request is not None:
+                fake.on_request(self.command, path)
+            if path in fake.broken:
+                status, payload = 500, {"error": {"code": "SERVER_ERROR", "type": "api_error",
+                                                  "description": "try again",
+                                                  "message": "try again"}}
+            else:
+                status, payload = handle(fake, self.command, path, dict(parse_qsl(query)),
+                                         self.headers.get("Authorization", ""), body)
             raw = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

@@ -32,6 +32,10 @@ CLIENT_ERRORS = (BadRequestError, GatewayError, ServerError, requests.RequestExc
 # Billing cycles a subscription runs for at most (Razorpay asks for a count); it is ended
 # earlier by cancelling it at Razorpay, whose event ends it here.
 SUBSCRIPTION_CYCLES = 120
+# Razorpay lists at most 100 invoices a call; a subscription has at most
+# ``SUBSCRIPTION_CYCLES`` charges (plus the odd retry), so this many pages is ample.
+INVOICE_PAGE = 100
+INVOICE_PAGES = 10
 SUBSCRIPTION_STATUS = {"authenticated": "active", "active": "active", "pending": "past_due",
                        "halted": "past_due", "cancelled": "canceled", "completed": "canceled",
                        "expired": "canceled"}
@@ -43,6 +47,24 @@ def _ts(value: Any) -> datetime | None:
 
 def _header(headers: Mapping[str, str], name: str) -> str:
     return next((v for k, v in headers.items() if k.lower() == name.lower()), "")
+
+
+def _all_invoices(client: razorpay.Client, subscription_ref: str) -> list[dict[str, Any]]:
+    """A subscription's invoices, every page of them: Razorpay answers at most
+    ``INVOICE_PAGE`` a call, newest first, and pages by ``skip``. An invoice made between two
+    calls shifts the older ones to a later page, so one may come twice (kept once), never
+    missed. ``ProviderError`` rather than a partial list past ``INVOICE_PAGES`` pages."""
+    seen: dict[str, dict[str, Any]] = {}
+    for page in range(INVOICE_PAGES):
+        found = client.invoice.all({"subscription_id": subscription_ref,
+                                    "count": INVOICE_PAGE, "skip": page * INVOICE_PAGE})
+        items = found.get("items") or []
+        for invoice in items:
+            seen.setdefault(str(invoice.get("id")), invoice)
+        if len(items) < INVOICE_PAGE:
+            return list(seen.values())
+    raise ProviderError(f"subscription {subscription_ref} has more than "
+                        f"{INVOICE_PAGES * INVOICE_PAGE} invoices")
 
 
 class RazorpayProvider:
@@ -220,12 +242,14 @@ class RazorpayProvider:
         try:
             client = self._client(credentials)
             sub = client.subscription.fetch(subscription_ref)
-            found = client.invoice.all({"subscription_id": subscription_ref, "count": 100})
+            invoices = _all_invoices(client, subscription_ref)
         except CLIENT_ERRORS as exc:
             raise ProviderError(str(exc)) from None
         notes = sub.get("notes") or {}
         order_id = notes.get("order_id") if isinstance(notes, dict) else None
-        paid = sorted((i for i in found.get("items", [])
+        # Every invoice is read: the oldest paid one is the first charge (it pays the plan's
+        # order), so a page short of it would take a renewal for the first payment.
+        paid = sorted((i for i in invoices
                        if i.get("status") == "paid" and i.get("payment_id")),
                       key=lambda i: int(i.get("billing_start") or i.get("paid_at") or 0))
         out = []
