@@ -345,10 +345,23 @@ def _stripe(fake: FakeGateway, method: str, path: str, query: dict[str, str], au
                              "currency": item["currency"], "payment_intent": pid}
         return 200, fake.objects[sid]
     if method == "GET" and path == "/v1/invoices":
-        found = _listing(fake, "invoice", subscription=query["subscription"],
-                         status=query["status"])
-        return 200, {"object": "list", "url": path, "has_more": False,
-                     "data": [_stripe_invoice(i, expand, "data.") for i in found]}
+        # As Stripe pages a list: newest first, ``limit`` (10 unless asked, at most 100)
+        # after the object ``starting_after`` names.
+        found = sorted(_listing(fake, "invoice", subscription=query["subscription"],
+                                status=query["status"]),
+                       key=lambda i: (int(i.get("created") or 0), str(i["id"])), reverse=True)
+        limit = int(query.get("limit", 10))
+        if not 1 <= limit <= 100:
+            return 400, {"error": {"type": "invalid_request_error",
+                                   "message": "limit must be between 1 and 100"}}
+        after = query.get("starting_after")
+        if after:
+            ids = [str(i["id"]) for i in found]
+            if after not in ids:
+                return _missing(f"invoice: '{after}'")
+            found = found[ids.index(after) + 1:]
+        return 200, {"object": "list", "url": path, "has_more": len(found) > limit,
+                     "data": [_stripe_invoice(i, expand, "data.") for i in found[:limit]]}
     if method == "GET" and path == "/v1/invoice_payments":
         wanted = (args.get("payment") or {}).get("payment_intent")
         found = [p for i in _listing(fake, "invoice") for p in _invoice_payments(i)

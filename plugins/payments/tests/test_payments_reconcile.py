@@ -19,6 +19,7 @@ from payments_support import (
     DAY,
     RAZORPAY_KEYS,
     buy_plan,
+    complete_subscription,
     fake_server,
     ok,
     plan_school,
@@ -156,3 +157,41 @@ def test_reconcile_reads_every_page_of_a_razorpay_subscriptions_invoices(make_ap
             db.commit()
         out = s.reconcile()
         assert "asked=1 applied=0 failed=0" in out, out
+
+
+def test_reconcile_reads_every_page_of_a_stripe_subscriptions_invoices(make_app):
+    with fake_server("stripe") as fake:
+        s, course, plan_id = plan_school(make_app, fake, "stripe")
+        first = buy_plan(s, plan_id)
+        complete_subscription(s, fake, first)
+        now = int(time.time())
+        charges = 150  # a page and a half; every renewal's webhook lost
+        fake.objects["in_1"]["created"] = now - charges * DAY
+        for n in range(2, charges + 1):
+            created = now - (charges - n + 1) * DAY
+            fake.objects[f"in_{n}"] = {
+                "id": f"in_{n}", "object": "invoice", "status": "paid",
+                "subscription": "sub_1", "billing_reason": "subscription_cycle",
+                "currency": "inr", "amount_paid": 1000, "payment_intent": f"pi_r{n}",
+                "created": created, "status_transitions": {"paid_at": created},
+                "subscription_details": {"metadata": {"order_id": first["id"]}},
+                "lines": {"data": [{"period": {"end": created + DAY}}]}}
+        fake.objects["sub_1"] = {"id": "sub_1", "object": "subscription", "status": "active",
+                                 "current_period_end": now + 3600, "metadata": {}}
+        with s.kalpla.db.session() as db:
+            db.execute(update(Subscription).values(
+                current_period_end=datetime.fromtimestamp(now + 1800, UTC)))
+            db.commit()
+
+        out = s.reconcile()
+        assert "asked=1" in out and "failed=0" in out, out
+        with s.kalpla.db.session() as db:
+            rows = db.execute(select(Order.kind, Order.provider_ref, Order.invoice_number)
+                              .where(Order.plan_id.is_not(None))).all()
+        assert sorted(r.provider_ref for r in rows if r.kind == "renewal") == sorted(
+            f"in_{n}" for n in range(2, charges + 1))
+        assert sorted(r.invoice_number for r in rows) == list(range(1, charges + 1))
+        assert ok(s.enroll(s.student, course), 201)["status"] == "active"
+        listed = [c[2] for c in fake.calls if c[:2] == ("GET", "/v1/invoices")]
+        assert [(c["limit"], c.get("starting_after")) for c in listed] == [
+            ("100", None), ("100", f"in_{charges - 99}")]

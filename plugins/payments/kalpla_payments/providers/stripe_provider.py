@@ -26,6 +26,10 @@ from kalpla_payments.providers.base import (
 
 log = logging.getLogger(__name__)
 TOLERANCE_SECONDS = 300
+# Stripe lists at most 100 objects a call; a subscription's paid invoices take this many
+# pages at most before ``reconcile`` gives up on it (counted as failed) rather than guess.
+INVOICE_PAGE = 100
+INVOICE_PAGES = 10
 SUBSCRIPTION_STATUS = {"active": "active", "trialing": "active", "past_due": "past_due",
                        "unpaid": "past_due", "canceled": "canceled",
                        "incomplete_expired": "canceled"}
@@ -301,15 +305,12 @@ class StripeProvider:
         first pays the plan's order, each renewal is an order) and its state and period."""
         try:
             client = self._client(credentials)
-            invoices = client.v1.invoices.list(params={
-                "subscription": subscription_ref, "status": "paid", "limit": 100,
-                "expand": ["data.payments"]})
+            invoices = _paid_invoices(client, subscription_ref)
             sub = client.v1.subscriptions.retrieve(subscription_ref).to_dict()
         except stripe.StripeError as exc:
             raise ProviderError(str(exc)) from None
         out: list[PaymentEvent] = []
-        for invoice in sorted((i.to_dict() for i in invoices.data),
-                              key=lambda i: int(i.get("created") or 0)):
+        for invoice in sorted(invoices, key=lambda i: int(i.get("created") or 0)):
             out.extend(_invoice_events(f"poll:{invoice['id']}", "invoice.poll", invoice,
                                        lambda ref: self._intent_of_invoice(credentials, ref)))
         items = (sub.get("items") or {}).get("data") or [{}]
@@ -355,6 +356,23 @@ class StripeProvider:
         except stripe.StripeError as exc:
             raise ProviderError(str(exc.user_message or exc)) from None
         return str(refund.id)
+
+
+def _paid_invoices(client: stripe.StripeClient, subscription_ref: str) -> list[dict[str, Any]]:
+    """A subscription's paid invoices, every page of them (Stripe lists at most
+    ``INVOICE_PAGE`` a call, newest first, and pages with ``starting_after``);
+    ``ProviderError`` rather than a partial list past ``INVOICE_PAGES`` pages."""
+    found: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"subscription": subscription_ref, "status": "paid",
+                              "limit": INVOICE_PAGE, "expand": ["data.payments"]}
+    for _ in range(INVOICE_PAGES):
+        page = client.v1.invoices.list(params=params)
+        found.extend(i.to_dict() for i in page.data)
+        if not page.has_more or not page.data:
+            return found
+        params["starting_after"] = page.data[-1].id
+    raise ProviderError(f"subscription {subscription_ref} has more than "
+                        f"{INVOICE_PAGES * INVOICE_PAGE} paid invoices")
 
 
 def _fetch_intent(client: stripe.StripeClient, invoice_id: str) -> str | None:
