@@ -195,3 +195,19 @@ def test_reconcile_reads_every_page_of_a_stripe_subscriptions_invoices(make_app)
         listed = [c[2] for c in fake.calls if c[:2] == ("GET", "/v1/invoices")]
         assert [(c["limit"], c.get("starting_after")) for c in listed] == [
             ("100", None), ("100", f"in_{charges - 99}")]
+
+
+def test_reconcile_expires_more_stale_orders_than_a_batch(make_app, monkeypatch):
+    monkeypatch.setattr(webhooks, "RECONCILE_BATCH", 2)
+    s = school(make_app)
+    ids = [ok(s.client.post("/api/v1/payments/orders",
+                            json={"course_id": s.course(f"c{n}", price=500)},
+                            headers=s.auth(s.student)), 201)["id"] for n in range(5)]
+    with s.kalpla.db.session() as db:
+        db.execute(update(Order).where(Order.id.in_(ids[:4])).values(
+            expires_at=datetime.now(UTC) - timedelta(minutes=1)))
+        db.commit()
+    out = s.reconcile()
+    # The manual gateway is asked about all five (it knows nothing); four are past their time.
+    assert "asked=5 applied=0 failed=0 expired_orders=4" in out, out
+    assert [s.order(i)["status"] for i in ids] == ["expired"] * 4 + ["pending"]
