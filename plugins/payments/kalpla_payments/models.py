@@ -121,6 +121,8 @@ class Order(TimestampMixin, Base):
         Index("ix_payments_orders_paid", "institution_id", "status", "paid_at"),
         Index("ix_payments_orders_course_user", "course_id", "user_id", "status"),
         Index("ix_payments_orders_status_provider", "status", "provider"),
+        # ``reconcile`` reads pending orders in keyset batches on (created_at, id).
+        Index("ix_payments_orders_status_created", "status", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)

@@ -1,6 +1,7 @@
 """The payments branch's migrations: p0002 (an order's kind and the subscription a renewal
-renews) and p0003 (refunds held for payments no order has yet) come off and go back on an
-existing database without losing orders or their history."""
+renews), p0003 (refunds held for payments no order has yet) and p0004 (the index reconcile
+reads pending orders by) come off and go back on an existing database without losing orders
+or their history."""
 
 from __future__ import annotations
 
@@ -19,12 +20,12 @@ def _count(kalpla, table: str) -> int:
         return int(conn.scalar(text(f"SELECT count(*) FROM {table}")))  # noqa: S608
 
 
-def test_p0003_and_p0002_come_off_and_back_keeping_orders_and_their_events(
+def test_p0004_p0003_and_p0002_come_off_and_back_keeping_orders_and_their_events(
         make_app, empty_database_url):
     app = make_app(database_url=empty_database_url, plugins=["payments"])
     kalpla = app.extensions["kalpla"]
     migrate.upgrade(kalpla)
-    assert migrate.current(kalpla)["payments"] == "p0003"
+    assert migrate.current(kalpla)["payments"] == "p0004"
     f = Factories(app)
     inst = f.institution("school", plugins={"payments": {}})
     user = f.user(name="Sam", roles={inst: ["student"]})
@@ -44,6 +45,9 @@ def test_p0003_and_p0002_come_off_and_back_keeping_orders_and_their_events(
             "total_refunded, event_id, event_type, received_at) VALUES (:inst, 'stripe', "
             "'pi_1', 100, 'evt_1', 'charge.refunded', CURRENT_TIMESTAMP)"), {"inst": inst.id})
 
+    migrate.downgrade(kalpla, "p0003")
+    assert "ix_payments_orders_status_created" not in {
+        i["name"] for i in inspect(kalpla.db.engine).get_indexes("payments_orders")}
     migrate.downgrade(kalpla, "p0002")
     assert "payments_held_refunds" not in inspect(kalpla.db.engine).get_table_names()
     assert (_count(kalpla, "payments_orders"), _count(kalpla, "payments_order_events")) == (1, 1)
@@ -53,7 +57,7 @@ def test_p0003_and_p0002_come_off_and_back_keeping_orders_and_their_events(
     assert (_count(kalpla, "payments_orders"), _count(kalpla, "payments_order_events")) == (1, 1)
 
     migrate.upgrade(kalpla)
-    assert migrate.current(kalpla)["payments"] == "p0003"
+    assert migrate.current(kalpla)["payments"] == "p0004"
     assert {"kind", "subscription_id"} <= _order_columns(kalpla)
     with kalpla.db.engine.connect() as conn:
         assert conn.scalar(text("SELECT kind FROM payments_orders")) == "purchase"
