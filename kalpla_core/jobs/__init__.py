@@ -8,9 +8,10 @@ A job function is called as ``fn(ctx, **params)``. What it returns (JSON) become
 raising :class:`JobError` fails the job with that message for its owner; any other exception
 fails it with a generic message, and the exception is logged, never shown.
 
-A job whose worker died stays ``running`` and one queued by a process that stopped stays
-``queued``: :meth:`Jobs.reap` (see :mod:`kalpla_core.jobs.reaper`) fails or queues again the
-first once its timeout has passed and hands the second to a worker again.
+A running job's worker refreshes its heartbeat (:mod:`kalpla_core.jobs.heartbeat`). A job whose
+worker died stays ``running`` and one queued by a process that stopped stays ``queued``:
+:meth:`Jobs.reap` (see :mod:`kalpla_core.jobs.reaper`) fails or queues again the first once its
+heartbeats have stopped (or its timeout has passed) and hands the second to a worker again.
 """
 
 from __future__ import annotations
@@ -61,10 +62,12 @@ class JobContext:
         return self._kalpla.db.session()
 
     def progress(self, percent: int, message: str = "") -> None:
-        """Record progress (0–100), committed at once so readers see it while the job runs."""
+        """Record progress (0–100), committed at once so readers see it while the job runs;
+        it is a heartbeat too."""
         with self._kalpla.db.session() as s:
             s.execute(update(Job).where(Job.id == self.job_id, Job.status == "running").values(
-                progress=max(0, min(100, int(percent))), progress_message=message[:500]))
+                progress=max(0, min(100, int(percent))), progress_message=message[:500],
+                heartbeat_at=utcnow()))
 
 
 JobFunction = Callable[..., Any]
@@ -95,6 +98,8 @@ class Jobs:
         self._runner: Any = None
         self._runner_lock = threading.Lock()
         self._sweeper: Sweeper | None = None
+        self._running: set[str] = set()  # claimed by this process and not finished yet
+        self._running_lock = threading.Lock()
 
     def register(self, plugin: str, name: str, fn: JobFunction | JobSpec, *,
                  timeout: int | None = None, retry_safe: bool = False) -> None:
@@ -173,14 +178,33 @@ class Jobs:
         """Run one queued job in this process; False if it was not queued (unknown, or
         already claimed). Claiming is atomic, so a job delivered twice (Celery delivers at
         least once) runs once."""
+        now = utcnow()
         with self.kalpla.db.session() as s:
             claimed = s.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
-                                .values(status="running", started_at=utcnow())).rowcount
+                                .values(status="running", started_at=now,
+                                        heartbeat_at=now)).rowcount
             job = s.get(Job, job_id) if claimed else None
             if job is None:
                 return False
             name, params = job.name, dict(job.params)
             ctx = JobContext(self.app, job_id, job.owner_id, job.institution_id, self.kalpla)
+        with self._running_lock:
+            self._running.add(job_id)
+        try:
+            self._execute(job_id, name, params, ctx)
+        finally:
+            with self._running_lock:
+                self._running.discard(job_id)
+        return True
+
+    def running_ids(self) -> set[str]:
+        """Ids of the jobs this process has claimed and not finished: those its beat keeps
+        alive."""
+        with self._running_lock:
+            return set(self._running)
+
+    def _execute(self, job_id: str, name: str, params: dict[str, Any],
+                 ctx: JobContext) -> None:
         values: dict[str, Any]
         try:
             fn = self.functions.get(name)
@@ -197,7 +221,6 @@ class Jobs:
             log.exception("job failed", extra={"job_id": job_id, "job": name})
             values = {"status": "failed", "error": INTERNAL_ERROR}
         self._finish(job_id, "running", values)
-        return True
 
     def _finish(self, job_id: str, expected: str, values: dict[str, Any]) -> None:
         with self.kalpla.db.session() as s:
@@ -205,8 +228,9 @@ class Jobs:
                       .values(finished_at=utcnow(), **values))
 
     def reap(self, now: datetime | None = None, queued_grace: int | None = None) -> ReapReport:
-        """Fail (or queue again, once, when retry-safe) the running jobs past their timeout,
-        and hand the jobs queued longer than ``queued_grace`` seconds to the runner again."""
+        """Fail (or queue again, once, when retry-safe) the running jobs whose heartbeats have
+        stopped, fail those past their timeout, and hand the jobs queued longer than
+        ``queued_grace`` seconds to the runner again."""
         from kalpla_core.jobs.reaper import QUEUED_GRACE, reap
 
         return reap(self, now, QUEUED_GRACE if queued_grace is None else queued_grace)

@@ -7,7 +7,8 @@ same (:func:`make_worker`). Start one with ``kalpla worker`` or
 environment; embedding code (and the tests) pass an app they built to :func:`make_worker` and
 call ``worker_main(["worker", …])`` on the result.
 
-A worker reaps once it is ready (:mod:`kalpla_core.jobs.reaper`): jobs whose worker died are
+Each task beats its job while it runs (:mod:`kalpla_core.jobs.heartbeat`). A worker reaps
+once it is ready (:mod:`kalpla_core.jobs.reaper`): jobs whose worker died are
 failed (or queued again), and jobs left queued (a broker that lost them, a web process that
 stopped between commit and send) are sent again.
 """
@@ -21,6 +22,7 @@ from celery import Celery
 from celery.signals import setup_logging, worker_process_init, worker_ready
 
 from kalpla_core.config import ConfigError
+from kalpla_core.jobs import heartbeat
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -62,7 +64,8 @@ def make_worker(app: Flask | None = None) -> Celery:
     # Not shared: each worker app runs jobs on its own Kalpla app (several may share a process).
     @celery.task(name=TASK_NAME, shared=False)
     def run_job(job_id: str) -> None:
-        with app.app_context():
+        # Beats this task's job while it runs (a no-op until claimed, and after it finishes).
+        with app.app_context(), heartbeat.Beat(kalpla.jobs, lambda: (job_id,)):
             kalpla.jobs.run(job_id)
 
     def _forked(**_kwargs: Any) -> None:

@@ -4,11 +4,19 @@ A worker that dies mid-run leaves its job ``running``; a process that stops (res
 with jobs still waiting in its in-process pool leaves them ``queued``. :func:`reap` settles
 both, and is safe to run from several processes at once:
 
-- a running job whose ``started_at`` is older than its timeout (``JobSpec.timeout``, else
-  ``KALPLA_JOB_TIMEOUT``) is failed with ``worker lost: no result after N s``, or, when it is
-  retry-safe and was not queued again before, queued again once. Each change is an UPDATE
-  guarded by ``status = 'running' AND started_at < cutoff``, so of two reapers only one acts,
-  and a job claimed again meanwhile (a new ``started_at``) is left alone;
+- a running job whose last heartbeat (:mod:`kalpla_core.jobs.heartbeat`) is older than
+  ``LOST_AFTER`` seconds has lost its worker: it is failed with ``worker lost: no heartbeat
+  for N s``, or, when it is retry-safe and was not queued again before, queued again once;
+- a running job still beating but started longer ago than its timeout (``JobSpec.timeout``,
+  else ``KALPLA_JOB_TIMEOUT``) is failed with ``timed out: no result after N s`` (never queued
+  again: its run may still be going). The timeout bounds a run's whole length;
+- a running job with no heartbeat at all was claimed by a worker that does not beat (one
+  older than heartbeats): judged by its timeout alone, as ``worker lost: no result after N s``.
+
+Each change is an UPDATE guarded by ``status = 'running'`` and by the condition it acts on
+(``heartbeat_at < cutoff``, or ``started_at < cutoff``), so of two reapers only one acts, a
+job claimed again meanwhile is left alone, and a beat that lands between the sweep's read and
+its UPDATE wins over the reap (on PostgreSQL the UPDATE re-reads a row changed under it);
 - a job queued longer than a grace period is handed to the runner again. No guard is needed:
   a job runs only once its worker has claimed it atomically, so a job dispatched twice (by
   two sweeps, or by its first process and a sweep) still runs once.
@@ -29,6 +37,7 @@ from sqlalchemy import ColumnElement, and_, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from kalpla_core.db import utcnow
+from kalpla_core.jobs import heartbeat
 from kalpla_core.jobs.models import Job
 
 if TYPE_CHECKING:
@@ -44,6 +53,14 @@ RUNNING_BATCH = 500  # lost runs settled per sweep, oldest first; the rest by th
 
 def lost_message(timeout: int) -> str:
     return f"worker lost: no result after {timeout} s"
+
+
+def silent_message(lost_after: int) -> str:
+    return f"worker lost: no heartbeat for {lost_after} s"
+
+
+def timed_out_message(timeout: int) -> str:
+    return f"timed out: no result after {timeout} s"
 
 
 @dataclass
@@ -66,11 +83,13 @@ def reap(jobs: Jobs, now: datetime | None = None, queued_grace: int = QUEUED_GRA
         left = list(s.scalars(select(Job.id).where(
             Job.status == "queued", Job.created_at < now - timedelta(seconds=queued_grace))
             .order_by(Job.created_at, Job.id).limit(QUEUED_BATCH)))
-        running = s.execute(select(Job.id, Job.name, Job.error).where(
-            Job.status == "running", _past_timeout(jobs, now))
+        silent_since = now - timedelta(seconds=heartbeat.LOST_AFTER)
+        running = s.execute(select(Job.id, Job.name, Job.error, Job.heartbeat_at).where(
+            Job.status == "running",
+            or_(Job.heartbeat_at < silent_since, _past_timeout(jobs, now)))
             .order_by(Job.created_at, Job.id).limit(RUNNING_BATCH)).all()
-        for job_id, name, error in running:
-            _settle_lost_run(s, jobs, now, job_id, name, error, report)
+        for job_id, name, error, beat_at in running:
+            _settle_lost_run(s, jobs, now, job_id, name, error, beat_at, report)
     for job_id in [*report.requeued, *left]:
         try:
             jobs.runner.submit(job_id)
@@ -98,15 +117,23 @@ def _past_timeout(jobs: Jobs, now: datetime) -> ColumnElement[bool]:
 
 
 def _settle_lost_run(s: Session, jobs: Jobs, now: datetime, job_id: str, name: str,
-                     error: str | None, report: ReapReport) -> None:
+                     error: str | None, beat_at: datetime | None, report: ReapReport) -> None:
     timeout = jobs.timeout_of(name)
-    stale = (Job.id == job_id, Job.status == "running",
-             Job.started_at < now - timedelta(seconds=timeout))
-    message = lost_message(timeout)
+    silent_since = now - timedelta(seconds=heartbeat.LOST_AFTER)
+    past_timeout = Job.started_at < now - timedelta(seconds=timeout)
+    lost = True
+    if beat_at is None:  # a worker that does not beat: its timeout alone tells
+        guard, message = and_(Job.heartbeat_at.is_(None), past_timeout), lost_message(timeout)
+    elif beat_at < silent_since:
+        guard, message = Job.heartbeat_at < silent_since, silent_message(heartbeat.LOST_AFTER)
+    else:  # still beating, but past its timeout: the run may still be going
+        guard, message, lost = past_timeout, timed_out_message(timeout), False
+    stale = (Job.id == job_id, Job.status == "running", guard)
     # A running job carries an error only after it was queued again: once is enough.
-    if jobs.is_retry_safe(name) and error is None and s.execute(
+    if lost and jobs.is_retry_safe(name) and error is None and s.execute(
             update(Job).where(*stale, Job.error.is_(None)).values(
-                status="queued", started_at=None, progress=0, progress_message="",
+                status="queued", started_at=None, heartbeat_at=None, progress=0,
+                progress_message="",
                 error=f"{message}; queued again")).rowcount:
         log.warning("job queued again: %s", message, extra={"job_id": job_id, "job": name})
         report.requeued.append(job_id)

@@ -14,20 +14,30 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from typing import Any
 
+from kalpla_core.jobs import heartbeat
+
 log = logging.getLogger("kalpla.jobs")
 
 
 class InProcessRunner:
-    """A small thread pool in the web process: the embedded default, no broker needed."""
+    """A small thread pool in the web process: the embedded default, no broker needed. One
+    beat thread, started with the first job, keeps the heartbeats of all the jobs it runs."""
 
-    def __init__(self, app: Any, workers: int = 2) -> None:
+    def __init__(self, app: Any, workers: int = 2, beat_interval: float | None = None) -> None:
         self.app = app
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kalpla-job")
         self._futures: set[Future[None]] = set()
         self._lock = threading.Lock()
+        jobs = app.extensions["kalpla"].jobs
+        self.beat = heartbeat.Beat(jobs, jobs.running_ids, beat_interval)
+        self._beating = False
 
     def submit(self, job_id: str) -> None:
         future = self._pool.submit(self._run, job_id)
+        with self._lock:
+            if not self._beating:
+                self.beat.start()
+                self._beating = True
         with self._lock:
             self._futures.add(future)
         future.add_done_callback(self._forget)
@@ -64,6 +74,8 @@ class InProcessRunner:
         Jobs still running after that are not waited for; later submits raise."""
         finished = self.wait(timeout)
         self._pool.shutdown(wait=finished, cancel_futures=True)
+        # Jobs still running past ``timeout`` stop beating too: the process is going away.
+        self.beat.stop(timeout)
         return finished
 
 
