@@ -201,34 +201,51 @@ def confirm_upload(session: Session, kalpla: Kalpla, caller: courses.Caller,
     mismatching object is deleted (422) and the file stays pending: upload again while the
     instructions last, or delete the file and ask anew. The checked object is kept at the
     file's final key; one replaced between the check and the copy is not (409, confirm
-    again). Confirming a ready file is a no-op."""
+    again). Confirming a ready file is a no-op.
+
+    The provider's work (reading, hashing, copying up to the size limit) is done with no
+    transaction open and no connection held; only marking the file ready locks its row, in a
+    short transaction that first checks nobody confirmed, deleted or purged it meanwhile."""
     file = managed_file(session, caller, file_id)
     if file.status == "ready":
         return file
     provider = storage(kalpla, file.provider)
-    key = file.storage_key
-    # Read without a lock: checking a large object takes a while.
+    key, final = file.storage_key, final_key(file.institution_id, file.id)
+    session.commit()  # the read ends (and its connection goes back) before the provider works
     obj = provider.stat(key)
     if obj is None:
         # A concurrent confirm may have made it ready and deleted the upload key meanwhile.
-        current = session.scalars(select(StoredFile).where(StoredFile.id == file_id)
-                                  .execution_options(populate_existing=True)).one_or_none()
-        if current is not None and current.status == "ready":
-            return current
+        settled = _settled(session, file_id)
+        if settled is not None:
+            return settled
         raise APIError(422, "Nothing has been uploaded for this file yet.", "upload-missing")
     errors = object_errors(kalpla.settings, file, obj, provider.required_encryption)
     if errors:
         provider.delete(key)
         raise APIError(422, "The uploaded object does not match its declaration and was "
                        "deleted; see errors.", "upload-rejected", errors=errors)
-    # Locked from here to the commit: a concurrent confirm waits and finds the file ready; a
-    # purge or deletion that went first leaves no row (404).
-    locked = _lock_file(session, file_id)
-    if locked is None:
+    # A confirm retried after another one finished copies nothing.
+    current = _fresh(session, file_id)
+    session.commit()
+    if current is None:
         raise _not_found(file_id)
-    if locked.status == "ready":
-        return locked
-    kept_at, kept = _keep(provider, key, final_key(locked.institution_id, locked.id), obj)
+    if current.status == "ready":
+        return current
+    try:
+        kept_at, kept = _keep(provider, key, final, obj)
+    except ObjectChanged:
+        # Gone from the upload key because a concurrent confirm finished, or the file was
+        # deleted or purged: say so rather than "changed".
+        settled = _settled(session, file_id)
+        if settled is not None:
+            return settled
+        raise APIError(409, "The uploaded object changed while it was being checked; "
+                       "confirm again.", "upload-changed") from None
+    # Locked from here to the commit: a concurrent confirm that copied too waits, then finds
+    # the file ready; a deletion or purge that went first leaves no row (404).
+    locked = _lock_file(session, file_id)
+    if locked is None or locked.status != "pending" or locked.storage_key != key:
+        return _lost(session, provider, file_id, locked, kept_at if kept_at != key else None)
     locked.storage_key = kept_at
     locked.sha256 = kept.sha256
     locked.status = "ready"
@@ -239,9 +256,52 @@ def confirm_upload(session: Session, kalpla: Kalpla, caller: courses.Caller,
     return locked
 
 
+def _fresh(session: Session, file_id: str) -> StoredFile | None:
+    """The file as the database has it now (no lock)."""
+    return session.scalars(select(StoredFile).where(StoredFile.id == file_id)
+                           .execution_options(populate_existing=True)).one_or_none()
+
+
+def _settled(session: Session, file_id: str) -> StoredFile | None:
+    """The file if it is ready now; 404 when it no longer exists; None while pending."""
+    current = _fresh(session, file_id)
+    session.commit()
+    if current is None:
+        raise _not_found(file_id)
+    return current if current.status == "ready" else None
+
+
+def _lost(session: Session, provider: StorageProvider, file_id: str,
+          locked: StoredFile | None, copied: str | None) -> StoredFile:
+    """Answer a confirm that copied ``copied`` (None: nothing) but found, with the row locked,
+    that the file was confirmed, deleted or purged meanwhile (or its upload key changed).
+
+    The copy is deleted once the lock is released, unless the row names its key: final keys
+    are fixed per file, so the confirm that won kept its object at that same key, and
+    deleting it would lose the file. Both copies are of an object checked against the
+    declaration; on the ``local`` provider they are the very same file (an upload is never
+    replaced while its file is pending, only refused, deleted and sent anew), so the recorded
+    checksum stays right. A file still pending keeps whatever is at its final key: a confirm
+    of its new upload key may be copying there, and deleting or purging the file clears that
+    key anyway."""
+    orphan = copied is not None and (locked is None or (
+        locked.status == "ready" and locked.storage_key != copied))
+    session.commit()
+    if orphan:
+        assert copied is not None
+        provider.delete(copied)
+    if locked is None:
+        raise _not_found(file_id)
+    if locked.status == "ready":
+        return locked
+    raise APIError(409, "The file's upload changed while it was being checked; confirm "
+                   "again.", "upload-changed")
+
+
 def _keep(provider: StorageProvider, key: str, final: str,
           obj: StoredObject) -> tuple[str, StoredObject]:
-    """Where the checked object is kept, and what is there."""
+    """Where the checked object is kept, and what is there; :class:`ObjectChanged` when it
+    was replaced after the check."""
     finalize = getattr(provider, "finalize", None)
     if finalize is None:
         # A provider written before the port had finalize: the object stays where it was
@@ -249,11 +309,7 @@ def _keep(provider: StorageProvider, key: str, final: str,
         log.warning("storage provider %r has no finalize(); confirmed files stay at their "
                     "upload keys", provider.name)
         return key, obj
-    try:
-        return final, finalize(key, final, obj)
-    except ObjectChanged:
-        raise APIError(409, "The uploaded object changed while it was being checked; "
-                       "confirm again.", "upload-changed") from None
+    return final, finalize(key, final, obj)
 
 
 def _lock_file(session: Session, file_id: str) -> StoredFile | None:

@@ -337,7 +337,9 @@ def test_files_from_before_final_keys_keep_working(app, factories):
     assert _stored(app) == []
 
 
-def test_concurrent_confirms_copy_once(app, factories, monkeypatch):
+def test_concurrent_confirms_keep_one_object(app, factories, monkeypatch):
+    # Both check, then both copy (no lock is held across a copy) the same uploaded file to
+    # the same final key; one marks the file ready, the other finds it so and keeps the copy.
     client = app.test_client()
     w = world(factories)
     asked = _ask_local(client, w, create_course(client, w))
@@ -370,7 +372,9 @@ def test_concurrent_confirms_copy_once(app, factories, monkeypatch):
         thread.join(60)
     assert [status for status, _ in answers] == [200, 200]
     assert answers[0][1] == answers[1][1] and answers[0][1]["status"] == "ready"
-    assert copies == [f"{w.school.id}/ready/{asked['id']}"]
+    final = f"{w.school.id}/ready/{asked['id']}"
+    assert copies == [final, final]
+    assert _stored(app) == [final, f"{final}.json"]
     monkeypatch.setattr(LocalStorage, "stat", stat)
     assert client.get(_download(client, w, asked["id"])).data == PDF
 
