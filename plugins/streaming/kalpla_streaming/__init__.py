@@ -84,6 +84,13 @@ def kalpla_providers() -> list[Provider]:
 
 
 @hookimpl
+def kalpla_jobs() -> dict[str, Any]:
+    from kalpla_streaming.revocation import JOBS
+
+    return dict(JOBS)
+
+
+@hookimpl
 def kalpla_settings_schema() -> type[Schema]:
     from kalpla_streaming.settings import StreamingSettings
 

@@ -10,11 +10,16 @@ session is live on it is refused (409) until that one ends or is stopped.
 Provider events name the channel, not the session: they go to the session whose stream they
 carry (ivs stream id), else to the session that held the channel when they happened, so a
 late event of the previous class does not touch the next one.
+
+An IVS playback token is bound to the channel, not the session: tokens on a course's channel
+carry the claim's *viewer-session version* (:func:`viewer_version`, growing with every claim),
+so revoking the viewers of one claim (:mod:`kalpla_streaming.revocation`) leaves the tokens
+of the next claim alone.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -25,6 +30,9 @@ from kalpla_core.toolkit import APIError, serialise_writes
 from kalpla_streaming.models import Channel, LiveSession
 
 SCOPES = ("session", "course")
+# Viewer-session versions count seconds from here: they stay within IVS's 32-bit integers
+# until 2092, where epoch seconds would overflow in 2038.
+VERSION_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def course_scope(settings: dict[str, Any]) -> bool:
@@ -82,17 +90,27 @@ def course_channel(session: Session, live: LiveSession) -> Channel:
     return channel
 
 
-def claim(session: Session, live: LiveSession, channel: Channel, now: datetime) -> None:
+def viewer_version(live: LiveSession) -> int:
+    """The viewer-session version of the session's tokens on its course's channel: whole
+    seconds from ``VERSION_EPOCH`` to its claim. Claims are at least a second apart, so each
+    claim's version is above every earlier one's."""
+    assert live.claimed_at is not None
+    return max(int((live.claimed_at - VERSION_EPOCH).total_seconds()), 0)
+
+
+def claim(session: Session, live: LiveSession, channel: Channel,
+          now: datetime) -> LiveSession | None:
     """Put the session on its course's channel; 409 while another session of the course is
-    live on it."""
+    live on it. Returns the session it took the channel from, if another held it."""
     current = holder(session, channel.id)
     if current is not None and current.id != live.id:
         if current.status == "live":
             raise APIError(409, "Another live session of this course is on air on the "
                            "course's channel; it must end (or be stopped) first.",
                            "channel-busy", session_id=current.id)
-        # The latest claim holds the channel, even if this server's clock lags another's.
-        earliest = current.claimed_at + timedelta(milliseconds=1) if current.claimed_at \
+        # The latest claim holds the channel, even if this server's clock lags another's; a
+        # second after the previous one, so its viewer-session version is a higher one.
+        earliest = current.claimed_at + timedelta(seconds=1) if current.claimed_at \
             else now
         live.claimed_at = max(now, earliest)
     elif current is None:
@@ -100,3 +118,4 @@ def claim(session: Session, live: LiveSession, channel: Channel, now: datetime) 
     live.channel_id = channel.id
     live.ingest_endpoint, live.playback_url = channel.ingest_endpoint, channel.playback_url
     session.flush()
+    return current if current is not None and current.id != live.id else None

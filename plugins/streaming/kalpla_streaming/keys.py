@@ -65,11 +65,16 @@ class PlaybackToken:
 
 
 def ivs_token(private_pem: str, *, channel_arn: str, viewer_id: str, allowed_origin: str,
-              now: datetime, ttl: int) -> PlaybackToken:
-    """A token IVS accepts for a private channel: ES384 over the claims it checks."""
+              now: datetime, ttl: int, session_version: int | None = None) -> PlaybackToken:
+    """A token IVS accepts for a private channel: ES384 over the claims it checks. With
+    ``session_version``, revoking the viewer's sessions up to a version covers this token
+    only if its version is at most that one."""
     expires = now + timedelta(seconds=ttl)
-    claims = {"aws:channel-arn": channel_arn, "aws:access-control-allow-origin": allowed_origin,
-              "aws:viewer-id": viewer_id, "exp": int(expires.timestamp())}
+    claims: dict[str, Any] = {
+        "aws:channel-arn": channel_arn, "aws:access-control-allow-origin": allowed_origin,
+        "aws:viewer-id": viewer_id, "exp": int(expires.timestamp())}
+    if session_version is not None:
+        claims["aws:viewer-session-version"] = session_version
     return PlaybackToken(jwt.encode(claims, private_pem, algorithm="ES384"),
                          expires.replace(microsecond=0))
 

@@ -126,7 +126,7 @@ class Broadcast(MethodView):
     def post(self, session_id: str) -> Any:
         """The ingest endpoint and stream key (the session's instructors and admins)."""
         live = _staff_session(session_id)
-        return service.broadcast(_ctx(live), _provider(live), live)
+        return service.broadcast(_ctx(live), kalpla(), _provider(live), live)
 
 
 @blp.route("/sessions/<session_id>/rotate-key")
@@ -136,7 +136,7 @@ class RotateKey(MethodView):
     def post(self, session_id: str) -> Any:
         """A new stream key; the old one stops working."""
         live = _staff_session(session_id)
-        return service.rotate_key(_ctx(live), _provider(live), live)
+        return service.rotate_key(_ctx(live), kalpla(), _provider(live), live)
 
 
 @blp.route("/sessions/<session_id>/stop")

@@ -32,7 +32,7 @@ from kalpla_core.toolkit import (
     plugin_settings,
     serialise_writes,
 )
-from kalpla_streaming import attendance, channels, recordings
+from kalpla_streaming import attendance, channels, recordings, revocation
 from kalpla_streaming.keys import STREAM_KEY_PURPOSE, unseal
 from kalpla_streaming.models import OPEN_STATUSES, Channel, LiveSession, ProcessedEvent
 from kalpla_streaming.providers import Playback, ProviderContext, StreamingProvider
@@ -167,11 +167,13 @@ def _ingest(ctx: ProviderContext, live: LiveSession, channel: LiveSession | Chan
     return Ingest(channel.ingest_endpoint, key, url)
 
 
-def _channel(ctx: ProviderContext, provider: StreamingProvider,
+def _channel(ctx: ProviderContext, kalpla: Any, provider: StreamingProvider,
              live: LiveSession) -> LiveSession | Channel:
     """Where the session broadcasts, made on first use: its own channel, or — with
     ``channel_scope`` "course", for a session without a channel of its own — its course's,
-    which the session claims (409 while another session of the course is live on it)."""
+    which the session claims (409 while another session of the course is live on it). The
+    viewers of a session it takes the channel from are revoked, unless that one ended (they
+    were revoked then)."""
     own = live.channel_id is None and (live.ingest_endpoint is not None
                                        or not channels.course_scope(ctx.settings))
     if own:
@@ -179,24 +181,28 @@ def _channel(ctx: ProviderContext, provider: StreamingProvider,
         return live
     channel = channels.course_channel(ctx.session, live)
     provider.open_channel(ctx, channel)
-    channels.claim(ctx.session, live, channel, ctx.now)
+    previous = channels.claim(ctx.session, live, channel, ctx.now)
+    if previous is not None and previous.status != "ended":
+        revocation.queue(ctx.session, kalpla, previous, channel)
     return channel
 
 
-def broadcast(ctx: ProviderContext, provider: StreamingProvider, live: LiveSession) -> Ingest:
+def broadcast(ctx: ProviderContext, kalpla: Any, provider: StreamingProvider,
+              live: LiveSession) -> Ingest:
     """The ingest endpoint and stream key, the channel made on first use. The session row is
     locked first, so two first broadcasts at once make one channel, not two."""
     live = lock(ctx.session, live.id)
     _open(live)
-    channel = _channel(ctx, provider, live)
+    channel = _channel(ctx, kalpla, provider, live)
     ctx.session.flush()
     return _ingest(ctx, live, channel)
 
 
-def rotate_key(ctx: ProviderContext, provider: StreamingProvider, live: LiveSession) -> Ingest:
+def rotate_key(ctx: ProviderContext, kalpla: Any, provider: StreamingProvider,
+               live: LiveSession) -> Ingest:
     live = lock(ctx.session, live.id)
     _open(live)
-    channel = _channel(ctx, provider, live)
+    channel = _channel(ctx, kalpla, provider, live)
     provider.rotate_key(ctx, channel)
     ctx.session.flush()
     return _ingest(ctx, live, channel)
@@ -254,7 +260,7 @@ def apply_state(session: Session, kalpla: Any, live: LiveSession, state: str,
     changed. The earliest start and the earliest end count; a cancelled session stays so."""
     if live.status == "cancelled":
         return False
-    changed = False
+    changed = ended_now = False
     if state == "live":
         if live.started_at is None or at < live.started_at:
             live.started_at, changed = at, True
@@ -264,7 +270,7 @@ def apply_state(session: Session, kalpla: Any, live: LiveSession, state: str,
         if live.ended_at is None or at < live.ended_at:
             live.ended_at, changed = at, True
         if live.status != "ended":
-            live.status, changed = "ended", True
+            live.status, changed, ended_now = "ended", True, True
     else:
         raise ValueError(f"unknown state {state!r}")
     if changed:
@@ -273,7 +279,20 @@ def apply_state(session: Session, kalpla: Any, live: LiveSession, state: str,
             if live.provider == "rtmp":
                 _record_rtmp(session, live)
             attendance.complete_all(session, kalpla, live)
+    if ended_now:
+        _revoke_on_end(session, kalpla, live)
     return changed
+
+
+def _revoke_on_end(session: Session, kalpla: Any, live: LiveSession) -> None:
+    """A session ending on its course's channel: its viewers' tokens would play the next
+    session on it. Revoked here if it still holds the channel, else the claim that took the
+    channel from it revoked them."""
+    if live.channel_id is None or not channels.holds(session, live):
+        return
+    channel = session.get(Channel, live.channel_id)
+    if channel is not None:
+        revocation.queue(session, kalpla, live, channel)
 
 
 def _record_rtmp(session: Session, live: LiveSession) -> None:

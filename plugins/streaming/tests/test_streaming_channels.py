@@ -12,6 +12,7 @@ import jwt
 import pytest
 from botocore.stub import Stubber
 from kalpla_streaming import routes
+from kalpla_streaming.channels import viewer_version
 from kalpla_streaming.keys import rtmp_token
 from kalpla_streaming.models import Channel, LiveSession
 from kalpla_streaming.providers.ivs import COURSE_TOKEN_TTL
@@ -243,8 +244,14 @@ def test_one_ivs_channel_per_course_and_events_follow_their_stream(ivs, monkeypa
     exp = jwt.decode(grant["token"], options={"verify_signature": False})["exp"]
     assert exp == int((T0 + timedelta(minutes=2)).timestamp()) + COURSE_TOKEN_TTL
     assert datetime.fromisoformat(grant["expires_at"]).timestamp() == exp
+    # Its end revokes its viewers' tokens (see test_streaming_revocation.py).
+    stub.add_response("start_viewer_session_revocation", {}, {
+        "channelArn": arn, "viewerId": s.enrolled.id,
+        "viewerSessionVersionsLessThanOrEqualTo": viewer_version(_session(s, first))})
     ok(_eventbridge(s, stream_event(arn, "Stream End", T0 + timedelta(minutes=50),
                                     stream_id="st-A")))
+    assert s.kalpla.jobs.wait(30)
+    stub.assert_no_pending_responses()
     _at(monkeypatch, 60)
     ok(s.post(f"/sessions/{second}/broadcast", s.instructor))
     # A late repeat of the first stream's end, dated after the claim: its stream says whose.

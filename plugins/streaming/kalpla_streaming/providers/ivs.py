@@ -27,6 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import select
 
 from kalpla_core.toolkit import APIError, Course
+from kalpla_streaming import channels
 from kalpla_streaming.keys import (
     PLAYBACK_KEY_PURPOSE,
     STREAM_KEY_PURPOSE,
@@ -222,13 +223,29 @@ class IVSProvider:
             PlaybackKeyPair.institution_id == live.institution_id))
         assert keys is not None  # made with the channel
         private = unseal(ctx.secret_key, PLAYBACK_KEY_PURPOSE, keys.private_key_encrypted)
+        shared = isinstance(channel, Channel)
         ttl = min(int(ctx.settings["playback_token_ttl"]),
-                  COURSE_TOKEN_TTL if isinstance(channel, Channel) else MAX_TOKEN_TTL)
+                  COURSE_TOKEN_TTL if shared else MAX_TOKEN_TTL)
         token = ivs_token(private, channel_arn=channel.channel_arn, viewer_id=viewer_id,
                           allowed_origin=ctx.settings.get("ivs_allowed_origin", "*"),
-                          now=ctx.now, ttl=ttl)
+                          now=ctx.now, ttl=ttl,
+                          session_version=channels.viewer_version(live) if shared else None)
         return Playback(f"{channel.playback_url}?token={quote(token.token)}", token)
 
+    def revoke_viewer(self, channel_arn: str, viewer_id: str, version: int) -> bool:
+        """Stop the viewer's playback sessions on the channel whose token carries a
+        viewer-session version up to ``version``, and refuse those tokens from now on
+        (``StartViewerSessionRevocation``). False when the channel is gone (nothing to
+        revoke); botocore's errors once its retries are spent."""
+        try:
+            self._client().start_viewer_session_revocation(
+                channelArn=channel_arn, viewerId=viewer_id,
+                viewerSessionVersionsLessThanOrEqualTo=version)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                return False
+            raise
+        return True
 
     def prune_channels(self, ctx: ProviderContext, *, dry_run: bool = False) -> list[str]:
         """Delete the channels Kalpla made whose session is gone (its lesson or course was
