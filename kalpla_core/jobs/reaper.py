@@ -121,26 +121,45 @@ def _settle_lost_run(s: Session, jobs: Jobs, now: datetime, job_id: str, name: s
     timeout = jobs.timeout_of(name)
     silent_since = now - timedelta(seconds=heartbeat.LOST_AFTER)
     past_timeout = Job.started_at < now - timedelta(seconds=timeout)
-    lost = True
     if beat_at is None:  # a worker that does not beat: its timeout alone tells
-        guard, message = and_(Job.heartbeat_at.is_(None), past_timeout), lost_message(timeout)
+        lost: ColumnElement[bool] | None = and_(Job.heartbeat_at.is_(None), past_timeout)
+        message = lost_message(timeout)
     elif beat_at < silent_since:
-        guard, message = Job.heartbeat_at < silent_since, silent_message(heartbeat.LOST_AFTER)
-    else:  # still beating, but past its timeout: the run may still be going
-        guard, message, lost = past_timeout, timed_out_message(timeout), False
-    stale = (Job.id == job_id, Job.status == "running", guard)
+        lost, message = Job.heartbeat_at < silent_since, silent_message(heartbeat.LOST_AFTER)
+    else:
+        lost, message = None, ""
+    if lost is not None and _give_up_on_lost_run(s, jobs, now, job_id, name, error, lost,
+                                                 message, report):
+        return
+    # Beating (maybe since a beat that landed after the read) yet past its timeout: the run
+    # may still be going, so it is failed, never queued again to run twice at once.
+    message = timed_out_message(timeout)
+    if s.execute(update(Job).where(Job.id == job_id, Job.status == "running", past_timeout)
+                 .values(status="failed", finished_at=now, error=message)).rowcount:
+        log.warning("job failed: %s", message, extra={"job_id": job_id, "job": name})
+        report.failed.append(job_id)
+
+
+def _give_up_on_lost_run(s: Session, jobs: Jobs, now: datetime, job_id: str, name: str,
+                         error: str | None, lost: ColumnElement[bool], message: str,
+                         report: ReapReport) -> bool:
+    """Queue again (retry-safe, once) or fail a run whose worker is lost, while ``lost`` still
+    holds: False when a beat (or another reaper) got there first."""
+    stale = (Job.id == job_id, Job.status == "running", lost)
     # A running job carries an error only after it was queued again: once is enough.
-    if lost and jobs.is_retry_safe(name) and error is None and s.execute(
+    if jobs.is_retry_safe(name) and error is None and s.execute(
             update(Job).where(*stale, Job.error.is_(None)).values(
                 status="queued", started_at=None, heartbeat_at=None, progress=0,
-                progress_message="",
-                error=f"{message}; queued again")).rowcount:
+                progress_message="", error=f"{message}; queued again")).rowcount:
         log.warning("job queued again: %s", message, extra={"job_id": job_id, "job": name})
         report.requeued.append(job_id)
-    elif s.execute(update(Job).where(*stale).values(
+        return True
+    if s.execute(update(Job).where(*stale).values(
             status="failed", finished_at=now, error=message)).rowcount:
         log.warning("job failed: %s", message, extra={"job_id": job_id, "job": name})
         report.failed.append(job_id)
+        return True
+    return False
 
 
 class Sweeper:
