@@ -13,7 +13,8 @@ confirm the core checks the object there (:meth:`StorageProvider.stat`), then ha
 copy exactly that object to a *final key* no instructions cover
 (:meth:`StorageProvider.finalize`); downloads read the final key, so the uploader cannot
 replace the checked object with the instructions still in hand. The core deletes the object
-at the upload key once the file is ready.
+at the upload key once the file is ready. Both calls are made with no database transaction
+open: they take as long as the object needs without holding up anyone else.
 """
 
 from __future__ import annotations
@@ -78,9 +79,11 @@ class StorageProvider(Protocol):
         """Copy the object at ``upload_key`` to ``final_key`` if it is still the version
         ``expect`` (what :meth:`stat` reported, ``etag`` included) describes, atomically with
         that check; else raise :class:`ObjectChanged` and write nothing. An object already at
-        ``final_key`` is replaced (a confirm retried after a failed commit). The object at
-        ``upload_key`` stays: the core deletes it. Returns what is now at ``final_key``.
-        (Optional for compatibility: without it a confirmed file stays at its upload key.)"""
+        ``final_key`` is replaced (a confirm retried after a failed commit), atomically: two
+        confirms of one file may copy to the same keys at once, with no database transaction
+        open, and ``final_key`` then holds one whole copy. The object at ``upload_key``
+        stays: the core deletes it. Returns what is now at ``final_key``. (Optional for
+        compatibility: without it a confirmed file stays at its upload key.)"""
         ...
 
     def download_url(self, key: str, *, filename: str, content_type: str, ttl: int) -> str:

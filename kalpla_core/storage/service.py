@@ -17,6 +17,16 @@ lifecycle rule may expire it). Both keys follow from the row, so deleting or pur
 these keys existed have ``<institution>/<file id>`` as upload key, and keep it as
 ``storage_key`` if they were confirmed then.)
 
+Confirming holds no transaction (and no connection) while the provider reads, hashes or
+copies the object, which may take as long as the size limit allows; only marking the file
+ready locks its row (on SQLite, the database), briefly, after checking it is still pending at
+the same upload key. Two confirms of one file may thus both copy it to its final key: on the
+``local`` provider it is the same file (an upload never replaces a pending file's object;
+only a refused one is deleted and sent anew), so nothing differs; on S3 the uploader may
+replay the form between the two checks, and the copy that lands last — also checked against
+the declaration, and S3 rows record no checksum — is what is served. A confirm that finds
+the file deleted or purged after its copy deletes that copy (404).
+
 Who reads a ``ready`` file (its metadata and a download URL):
 - the course's staff, always (pending files too);
 - a cover: whoever sees the course (everyone once it is published);
