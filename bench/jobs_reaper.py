@@ -5,9 +5,11 @@
 
 Each serving process with in-process jobs sweeps every 5 minutes, so the sweep that finds
 nothing to do is the one that matters: it is timed ``--sweeps`` times at each size (median and
-95th percentile, wall and CPU). Then 100 running jobs past their timeout and 100 queued jobs
-left behind are added and one sweep that settles them is timed: the running ones are failed,
-the queued ones handed to a runner that only records them. Finished jobs, most of a table's
+95th percentile, wall and CPU), with 100 runs in progress whose heartbeats are fresh (read by
+the sweep and left alone). Then 100 running jobs whose heartbeats stopped half an hour ago
+(within their timeout) and 100 queued jobs left behind are added and one sweep that settles
+them is timed: the running ones are failed, the queued ones handed to a runner that only
+records them. Finished jobs, most of a table's
 rows in practice, are bulk-inserted. The database must be empty: it is migrated here.
 """
 
@@ -22,15 +24,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 
 from kalpla_core import create_app, migrate
-from kalpla_core.db import new_id
+from kalpla_core.db import new_id, utcnow
 from kalpla_core.jobs.models import Job
 
 BATCH = 10_000
 NOW = datetime.now(UTC)
 STALE = 100
+LIVE = 100
 
 
 class RecordingRunner:
@@ -64,10 +67,18 @@ def _rows(first: int, count: int) -> list[dict[str, Any]]:
 
 
 def _stale(kind: str) -> list[dict[str, Any]]:
-    old = NOW - timedelta(hours=3)
+    old = NOW - timedelta(minutes=30)
+    running = kind == "running"
     return [{"id": new_id(), "name": "bench.job", "params": {}, "status": kind, "progress": 0,
-             "progress_message": "", "created_at": old,
-             "started_at": old if kind == "running" else None} for _ in range(STALE)]
+             "progress_message": "", "created_at": old, "started_at": old if running else None,
+             "heartbeat_at": old if running else None} for _ in range(STALE)]
+
+
+def _live() -> list[dict[str, Any]]:
+    started = NOW - timedelta(minutes=10)
+    return [{"id": new_id(), "name": "bench.job", "params": {"live": True}, "status": "running",
+             "progress": 50, "progress_message": "", "created_at": started,
+             "started_at": started, "heartbeat_at": NOW} for _ in range(LIVE)]
 
 
 def _timed(fn: Any, times: int) -> tuple[float, float, float]:
@@ -106,14 +117,20 @@ def main(argv: list[str] | None = None) -> None:
         with engine.connect() as conn:
             if conn.scalar(select(func.count()).select_from(Job)):
                 sys.exit("the database already holds jobs; give an empty one")
-        print(f"database: {engine.dialect.name}; {args.sweeps} idle sweeps per size", flush=True)
+        print(f"database: {engine.dialect.name}; {args.sweeps} idle sweeps per size, "
+              f"{LIVE} runs in progress", flush=True)
         print(f"{'jobs':>9} | {'idle sweep ms: median':>21} {'p95':>7} {'cpu':>6} | "
               f"{'settling 100 + 100 ms':>21}")
         loaded = 0
+        with engine.begin() as conn:
+            conn.execute(insert(Job), _live())
         for size in sizes:
             with engine.begin() as conn:
                 for first in range(loaded, size, BATCH):
                     conn.execute(insert(Job), _rows(first, min(BATCH, size - first)))
+                # Their workers beat: loading a size may take longer than LOST_AFTER.
+                conn.execute(update(Job).where(Job.status == "running")
+                             .values(heartbeat_at=utcnow()))
             if engine.dialect.name == "postgresql":  # as autovacuum would, soon after
                 with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                     conn.exec_driver_sql("VACUUM ANALYZE jobs")
@@ -126,6 +143,10 @@ def main(argv: list[str] | None = None) -> None:
                 runner.ids.clear()
                 settle, _p95, _cpu = _timed(jobs.reap, 1)
             assert len(runner.ids) == STALE, len(runner.ids)  # the queued ones
+            with engine.connect() as conn:
+                live = conn.scalar(select(func.count()).select_from(Job)
+                                   .where(Job.status == "running"))
+            assert live == LIVE, live  # the silent ones failed, the beating ones left alone
             with engine.begin() as conn:  # back to finished jobs only, for the next size
                 conn.execute(Job.__table__.delete().where(
                     (Job.status == "queued") | Job.error.like("worker lost%")))
