@@ -18,11 +18,16 @@ A lesson's completion time is the earliest time of an event that completes it by
 
 The summary on ``enrollments`` (lessons completed, lessons required, percent, last lesson, last
 activity) is a pure function of the course's current required lessons and the enrollment's
-progress rows. It is recomputed by every event, on read when the course's ``structure_version``
-moved past the enrollment's, and in bulk by :func:`recompute_course` after lessons change. So
-adding a required lesson lowers the percent without undoing any completion, and removing one may
-complete the course. When every required lesson is done, an active enrollment is completed
-(once), and ``kalpla_course_completed`` fires after the commit.
+progress rows. It is recomputed in SQL by an event that completes a lesson, on read when the
+course's ``structure_version`` moved past the enrollment's, and in bulk by
+:func:`recompute_course` after lessons change. So adding a required lesson lowers the percent
+without undoing any completion, and removing one may complete the course. When every required
+lesson is done, an active enrollment is completed (once), and ``kalpla_course_completed`` fires
+after the commit. Most events complete nothing (a video reports its position as it plays): when
+the summary is current such an event leaves the counts as they are and only moves the last
+lesson and last activity, with a plain UPDATE and only when its row became the latest; a tie
+with another lesson's row, a stale summary, or a finished enrollment still active fall back to
+the full recompute.
 
 Who records: a user who may read the lesson (:func:`access.can_read_lesson`) and holds an
 active enrollment in its course, or a completed one whose access has not run out (a student
@@ -377,31 +382,72 @@ def refresh_summary(session: Session, kalpla: Any, enrollment: Enrollment) -> bo
     return _finished(row, utcnow()) and _complete_course(session, kalpla, row)
 
 
+def _only_pointers_move(enrollment: Enrollment, course: Course, newly: bool) -> bool:
+    """Whether an event leaves the counts of the (locked) enrollment's summary as they are, so
+    that only its last-lesson and last-activity pointers may move: it completed no lesson,
+    the summary was computed against the course's lessons as this call knows them, and the
+    enrollment is not a finished one still waiting to be completed."""
+    return (not newly and enrollment.structure_version == course.structure_version
+            and not _finished(enrollment, utcnow()))
+
+
+# Progress is not an edit of the enrollment: its version (ETag) and updated_at stay.
+_MOVE_POINTERS = (update(_E).where(_E.c.id == bindparam("enrollment"))
+                  .values(last_lesson_id=bindparam("lesson"),
+                          last_activity_at=bindparam("moment", type_=UTCDateTime()),
+                          updated_at=_E.c.updated_at))
+
+
+def _move_pointers(session: Session, enrollment: Enrollment, lesson_id: str,
+                   state: LessonState) -> bool:
+    """Set the last lesson and last activity after an event on ``lesson_id`` as the full
+    recompute would (the row with the latest event, ties to the higher row id); False when
+    only the full recompute can tell. Rows only grow, so the last lesson becomes this one
+    when its latest event passed the stored last activity and stays when it is still
+    before it; a tie with another lesson's row needs the row ids."""
+    moment, last = state.last_event_at, enrollment.last_activity_at
+    assert moment is not None  # every upsert sets last_event_at
+    if last is not None and moment <= last:
+        return moment < last or lesson_id == enrollment.last_lesson_id
+    session.execute(_MOVE_POINTERS, {"enrollment": enrollment.id, "lesson": lesson_id,
+                                     "moment": moment})
+    set_committed_value(enrollment, "last_lesson_id", lesson_id)
+    set_committed_value(enrollment, "last_activity_at", moment)
+    return True
+
+
 # --- recording --------------------------------------------------------------------------------
+
+_LOCK_ENROLLMENT = (select(Enrollment)
+                    .where(Enrollment.course_id == bindparam("course_id"),
+                           Enrollment.user_id == bindparam("user_id"))
+                    .with_for_update().execution_options(populate_existing=True))
+
 
 def _locked_enrollment(session: Session, course_id: str, user_id: str) -> Enrollment:
     """The user's enrollment in the course, fresh and locked, if it lets them record
     progress."""
     serialise_writes(session)
-    enrollment = session.scalars(
-        select(Enrollment).where(Enrollment.course_id == course_id,
-                                 Enrollment.user_id == user_id)
-        .with_for_update().execution_options(populate_existing=True)).one_or_none()
+    enrollment = session.scalars(_LOCK_ENROLLMENT, {"course_id": course_id,
+                                                    "user_id": user_id}).one_or_none()
     if enrollment is None or enrollment.status not in SEATED or (
             enrollment.expires_at is not None and enrollment.expires_at <= utcnow()):
         raise _not_enrolled()
     return enrollment
 
 
-def _apply(session: Session, kalpla: Any, enrollment: Enrollment, lesson: Lesson,
-           seen: Observation) -> EventResult:
-    """Merge the observation, announce a first completion, refresh the summary."""
+def _apply(session: Session, kalpla: Any, enrollment: Enrollment, course: Course,
+           lesson: Lesson, seen: Observation) -> EventResult:
+    """Merge the observation, announce a first completion, bring the summary up to date."""
     state, newly = _upsert(session, enrollment.id, lesson.id, seen)
     if newly:
         kalpla.emit(session, LESSON_COMPLETED_HOOK, LessonCompleted(
             institution_id=enrollment.institution_id, occurred_at=utcnow().isoformat(),
             lesson_id=lesson.id, course_id=lesson.course_id, user_id=enrollment.user_id,
             enrollment_id=enrollment.id))
+    if (_only_pointers_move(enrollment, course, newly)
+            and _move_pointers(session, enrollment, lesson.id, state)):
+        return EventResult(state, Summary.of(enrollment), newly, False)
     course_completed = refresh_summary(session, kalpla, enrollment)
     return EventResult(state, Summary.of(enrollment), newly, course_completed)
 
@@ -433,7 +479,7 @@ def record_event(session: Session, kalpla: Any, user: User | None, lesson_id: st
     enrollment = _locked_enrollment(session, course.id, user.id)
     seen = _observe(session, kalpla, course, lesson, event, _when(enrollment, occurred_at),
                     position_seconds, percent)
-    return _apply(session, kalpla, enrollment, lesson, seen)
+    return _apply(session, kalpla, enrollment, course, lesson, seen)
 
 
 def report_lesson_completed(session: Session, kalpla: Any, *, lesson_id: str, plugin: str,
@@ -478,7 +524,7 @@ def report_lesson_completed(session: Session, kalpla: Any, *, lesson_id: str, pl
             enrollment.expires_at is not None and enrollment.expires_at <= utcnow()):
         raise APIError(409, "The enrollment is not active.", "not-enrolled")
     seen = Observation(_when(enrollment, occurred_at), completes=f"plugin:{plugin}")
-    return _apply(session, kalpla, enrollment, lesson, seen)
+    return _apply(session, kalpla, enrollment, course, lesson, seen)
 
 
 # --- reading ----------------------------------------------------------------------------------
