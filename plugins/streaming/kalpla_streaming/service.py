@@ -288,7 +288,7 @@ def _revoke_on_end(session: Session, kalpla: Any, live: LiveSession) -> None:
     """A session ending on its course's channel: its viewers' tokens would play the next
     session on it. Revoked here if it still holds the channel, else the claim that took the
     channel from it revoked them."""
-    if live.channel_id is None or not channels.holds(session, live):
+    if live.provider != "ivs" or live.channel_id is None or not channels.holds(session, live):
         return
     channel = session.get(Channel, live.channel_id)
     if channel is not None:
