@@ -1,7 +1,7 @@
 """A confirm reads, hashes and copies the uploaded object with no transaction open and no
 database connection held, so the rest of the app writes meanwhile (on SQLite the write lock
 is the whole database's); and a confirm that copied a file deleted or purged meanwhile
-leaves nothing behind. On the ``local`` provider, over HTTP."""
+leaves nothing behind. On the ``local`` provider, and S3 (moto), over HTTP."""
 
 from __future__ import annotations
 
@@ -17,8 +17,12 @@ from kalpla_core.storage.local import LocalStorage
 from kalpla_core.storage.models import StoredFile
 from kalpla_core.storage.port import StoredObject
 from kalpla_core.storage.purge import PurgeResult, purge_pending
+from kalpla_core.storage.s3 import S3Storage
+from kalpla_core.testing import Factories
 from tests.courses.structure_support import create_course, ok, problem, world
+from tests.storage.test_overwrite import VIDEO, _ask_s3, _post, s3_app  # noqa: F401
 from tests.storage.test_purge import PDF, _age, _ask, _confirm, _put, _rows, _stored
+from tests.storage.test_s3 import BUCKET, s3  # noqa: F401  (s3: the moto fixture)
 
 WAIT = 30  # seconds a step waits for the other thread before the test fails
 
@@ -157,3 +161,27 @@ def test_a_ready_file_whose_row_names_another_key_loses_the_stray_copy(app, clie
     body = ok(_confirm(client, w, asked["id"]))
     assert body["status"] == "ready"
     assert _stored(app) == [upload, f"{upload}.json"]
+
+
+def test_an_s3_copy_landing_after_its_file_was_deleted_is_deleted(s3_app, s3,  # noqa: F811
+                                                                  monkeypatch):
+    client = s3_app.test_client()
+    w = world(Factories(s3_app))
+    asked = _ask_s3(client, w, create_course(client, w))
+    _post(asked, VIDEO)
+    finalize = S3Storage.finalize
+
+    def finalize_outrun(self: S3Storage, upload: str, final: str,
+                        expect: StoredObject) -> StoredObject:
+        kept = finalize(self, upload, final, expect)
+        # The copy finishes only after the deletion committed and deleted every key.
+        copied = s3.get_object(Bucket=BUCKET, Key=final)["Body"].read()
+        _delete(s3_app, s3_app.test_client(), w, asked["id"])
+        s3.put_object(Bucket=BUCKET, Key=final, Body=copied, ContentType="video/mp4",
+                      ServerSideEncryption="AES256")
+        return kept
+
+    monkeypatch.setattr(S3Storage, "finalize", finalize_outrun)
+    problem(_confirm(client, w, asked["id"]), 404)
+    assert _rows(s3_app) == {}
+    assert s3.list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0
