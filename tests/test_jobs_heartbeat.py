@@ -279,3 +279,32 @@ def test_the_celery_task_beats_its_job_and_stops_beating_when_it_ends(make_app, 
     assert row(kalpla, job_id).status == "succeeded"
     assert {th for th in threading.enumerate()
             if th.name == "kalpla-job-beat" and th.is_alive()} <= before
+
+
+# --- migration -------------------------------------------------------------------------------
+
+def test_migration_adds_and_removes_the_heartbeat_and_older_runs_keep_their_timeout(
+        make_app, empty_database_url):
+    from sqlalchemy import inspect
+
+    from kalpla_core import migrate
+    from kalpla_core.jobs.reaper import lost_message
+
+    app = make_app(database_url=empty_database_url, plugins=[])
+    kalpla = app.extensions["kalpla"]
+    migrate.upgrade(kalpla)
+    migrate.downgrade(kalpla, "c0008")
+    columns = {c["name"] for c in inspect(kalpla.db.engine).get_columns("jobs")}
+    assert "heartbeat_at" not in columns and "started_at" in columns
+    # A run claimed by a worker from before heartbeats, still running across the upgrade.
+    started = utcnow() - 2 * HOUR
+    with kalpla.db.engine.begin() as conn:
+        conn.execute(Job.__table__.insert().values(
+            id="oldrun", name="core.old", params={}, status="running", progress=0,
+            progress_message="", created_at=started, started_at=started))
+    kalpla.db.engine.dispose()
+    migrate.upgrade(kalpla)
+    assert migrate.differences(kalpla) == []
+    assert row(kalpla, "oldrun").heartbeat_at is None
+    assert kalpla.jobs.reap().failed == ["oldrun"]  # by its timeout, as before
+    assert row(kalpla, "oldrun").error == lost_message(3600)
