@@ -2,7 +2,9 @@
 
 A runner takes the id of a committed, queued job and gets :meth:`Jobs.run` called with it,
 here or in another process. Its interface: ``submit(job_id)``, ``wait(timeout) -> bool``
-(every job submitted here has finished) and ``shutdown()``.
+(every job submitted here has finished) and ``shutdown()``. Whatever runs :meth:`Jobs.run`
+also beats the jobs it runs (:class:`~kalpla_core.jobs.heartbeat.Beat`), else the reaper
+takes them for lost once ``LOST_AFTER`` has passed.
 """
 
 from __future__ import annotations
