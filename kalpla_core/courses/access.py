@@ -42,12 +42,15 @@ def has_seat(session: Session, user_id: str, course_id: str) -> bool:
 
 
 def can_read_lesson(session: Session, kalpla: Any, user: User | None, lesson: Lesson, *,
-                    can: Callable[[str, str | None], bool] | None = None) -> Decision:
+                    can: Callable[[str, str | None], bool] | None = None,
+                    seated: bool | None = None) -> Decision:
     """The decision for ``user`` (None: anonymous) reading ``lesson``'s body and file.
 
     ``can(permission, institution_id)`` is the caller's permission check; a request passes
     its own, which also honours the scopes of the credential used. By default the user's
-    roles decide."""
+    roles decide. ``seated`` is :func:`has_seat` for the user and the lesson's course when the
+    caller has just read it (progress holds the enrollment locked), sparing a second read;
+    by default it is read here."""
     if user is not None and not user.is_active:
         user = None
     course = session.get(Course, lesson.course_id)
@@ -62,7 +65,8 @@ def can_read_lesson(session: Session, kalpla: Any, user: User | None, lesson: Le
     if course.status == "draft":
         return Decision.deny("The course is not published.", "course-not-published")
     preview = course.status == "published" and lesson.is_preview
-    if not preview and (user is None or not has_seat(session, user.id, course.id)):
+    if not preview and (user is None or not (
+            has_seat(session, user.id, course.id) if seated is None else seated)):
         if course.status == "archived":
             reason = "The course is archived; only its enrolled students read its lessons."
         elif user is None:

@@ -36,7 +36,9 @@ staff previewing lessons without an enrollment record nothing.
 
 Concurrency: every write locks the enrollment row first (``SELECT … FOR UPDATE``; on SQLite the
 database write lock), then reads and writes its progress, so concurrent events of one student
-are applied one after the other and the summary always counts every committed row.
+are applied one after the other and the summary always counts every committed row. An event
+takes the lock before the access decision, which then reads the student's seat from the locked
+enrollment rather than querying it again.
 """
 
 from __future__ import annotations
@@ -424,15 +426,15 @@ _LOCK_ENROLLMENT = (select(Enrollment)
                     .with_for_update().execution_options(populate_existing=True))
 
 
-def _locked_enrollment(session: Session, course_id: str, user_id: str) -> Enrollment:
-    """The user's enrollment in the course, fresh and locked, if it lets them record
-    progress."""
+def _locked_enrollment(session: Session, course_id: str, user_id: str) -> Enrollment | None:
+    """The user's enrollment in the course, fresh and locked, if it lets them record progress
+    (:func:`access.has_seat` holds for it); else None."""
     serialise_writes(session)
     enrollment = session.scalars(_LOCK_ENROLLMENT, {"course_id": course_id,
                                                     "user_id": user_id}).one_or_none()
     if enrollment is None or enrollment.status not in SEATED or (
             enrollment.expires_at is not None and enrollment.expires_at <= utcnow()):
-        raise _not_enrolled()
+        return None
     return enrollment
 
 
@@ -468,15 +470,19 @@ def record_event(session: Session, kalpla: Any, user: User | None, lesson_id: st
 
     check = can or _roles
     lesson, course = structure.visible_lesson(session, Caller(user, check), lesson_id)
-    decision = access.can_read_lesson(session, kalpla, user, lesson, can=check)
     if user is None:
         raise APIError(401, "Sign in and enroll in the course to record progress.",
                        "unauthorized", headers={"WWW-Authenticate": 'Bearer realm="kalpla"'})
+    # Locked first: the access decision then takes the seat from it instead of reading it.
+    enrollment = _locked_enrollment(session, course.id, user.id)
+    decision = access.can_read_lesson(session, kalpla, user, lesson, can=check,
+                                      seated=enrollment is not None)
     if decision.outcome != "allow":
         raise APIError(403, decision.reason, decision.code or "forbidden",
                        plugin=decision.plugin or None,
                        action=dict(decision.action) if decision.action else None)
-    enrollment = _locked_enrollment(session, course.id, user.id)
+    if enrollment is None:
+        raise _not_enrolled()
     seen = _observe(session, kalpla, course, lesson, event, _when(enrollment, occurred_at),
                     position_seconds, percent)
     return _apply(session, kalpla, enrollment, course, lesson, seen)
