@@ -18,6 +18,7 @@ from kalpla_core.jobs.celery_app import TASK_NAME, make_worker
 from kalpla_core.jobs.heartbeat import LOST_AFTER, Beat
 from kalpla_core.jobs.models import Job
 from kalpla_core.jobs.reaper import silent_message, timed_out_message
+from kalpla_core.testing import Factories
 from tests import jobs_support
 from tests.test_jobs_reaper import add_job, row, tag
 
@@ -63,11 +64,13 @@ def beaten_since(kalpla: Any, job_id: str, mark: datetime) -> Callable[[], bool]
     return check
 
 
-def start_held(kalpla: Any, name: str, pause_name: str, **params: Any) -> tuple[str, Any]:
+def start_held(kalpla: Any, name: str, pause_name: str, owner_id: str | None = None,
+               **params: Any) -> tuple[str, Any]:
     """A job enqueued and run by the in-process runner, held after its first step."""
     held = jobs_support.pause(pause_name)
     with kalpla.db.session() as s:
-        job_id = kalpla.jobs.enqueue(s, name, {"upto": 2, "pause": pause_name, **params}).id
+        job_id = kalpla.jobs.enqueue(s, name, {"upto": 2, "pause": pause_name, **params},
+                                     owner_id=owner_id).id
     assert held.reached.wait(10)
     return job_id, held
 
@@ -75,11 +78,16 @@ def start_held(kalpla: Any, name: str, pause_name: str, **params: Any) -> tuple[
 # --- what beats ------------------------------------------------------------------------------
 
 def test_claim_and_progress_set_the_heartbeat(kalpla):
-    job_id, held = start_held(kalpla, "jobtest.count", "hb-claim")
+    factories = Factories(kalpla.jobs.app)
+    user = factories.user()
+    job_id, held = start_held(kalpla, "jobtest.count", "hb-claim", owner_id=user.id)
     try:
         running = row(kalpla, job_id)
         assert running.status == "running"
         assert running.heartbeat_at is not None and running.heartbeat_at >= running.started_at
+        shown = kalpla.jobs.app.test_client().get(f"/api/v1/jobs/{job_id}",
+                                                  headers=factories.auth(user)).json
+        assert shown["heartbeat_at"] is not None and shown["started_at"] is not None
         mark = set_times(kalpla, job_id, heartbeat_at=HOUR)
     finally:
         held.resume.set()

@@ -17,4 +17,6 @@ class JobSchema(Schema):
     error = fields.String(allow_none=True, metadata={"description": "Set when failed."})
     created_at = fields.DateTime()
     started_at = fields.DateTime(allow_none=True)
+    heartbeat_at = fields.DateTime(allow_none=True, metadata={
+        "description": "When its worker last showed the run alive."})
     finished_at = fields.DateTime(allow_none=True)
