@@ -4,8 +4,9 @@
     .venv/bin/python bench/enrollment.py                   # 100 000 events (a few minutes)
     .venv/bin/python bench/enrollment.py --database-url postgresql+psycopg://…/empty_db
 
-The default is a tenth of the events because the full million takes about an hour on two
-cores (each event is a whole service call: see below); throughput is printed either way.
+The default is a tenth of the events because the full million takes a quarter of an hour or
+more (each event is a whole service call: see below); throughput and the CPU time per event
+(of this process; other work sharing the cores lowers the throughput, not that) are printed.
 
 A published course of ``--modules`` × ``--lessons`` lessons (a third of them videos) is
 created and ``--students`` students are enrolled in it by bulk inserts. Then ``--events``
