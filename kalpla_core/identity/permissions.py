@@ -71,8 +71,10 @@ def roles_of(session: Session, user_id: str, institution_id: str) -> set[str]:
 
 @event.listens_for(Session, "after_transaction_end")
 def _drop_roles_at_transaction_end(session: Session, transaction: SessionTransaction) -> None:
-    # Any end, savepoints included: a rolled-back savepoint may have held a role change.
-    _drop_roles(session)
+    # The outermost transaction or a savepoint (a rolled-back one may have held a role change);
+    # a flush's own subtransaction is left to the after_flush hook below.
+    if transaction.parent is None or transaction.nested:
+        _drop_roles(session)
 
 
 @event.listens_for(Session, "after_flush")

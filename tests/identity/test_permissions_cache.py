@@ -116,3 +116,14 @@ def test_platform_admin_reads_no_roles(app, factories, db):
     with count_queries(kalpla.db.engine) as q:
         assert kalpla.has_permission(db, admin, "members.manage", inst.id)
     assert _memberships(q) == 0
+
+
+def test_a_flush_of_other_rows_keeps_the_roles(app, factories, db):
+    kalpla, inst, uid = _setup(app, factories)
+    user = db.get(User, uid)
+    assert kalpla.has_permission(db, user, "courses.create", inst.id)
+    user.name = "Renamed"
+    db.flush()
+    with count_queries(kalpla.db.engine) as q:
+        assert kalpla.has_permission(db, user, "courses.create", inst.id)
+    assert _memberships(q) == 0
