@@ -353,3 +353,25 @@ def test_search_terms_fold_case_and_latin_accents_and_keep_other_scripts():
     text = "Data-Science_101 (advanced) naïve"
     assert catalog.search_terms(text) == catalog.search_terms(text.replace("ï", "i")) == [
         "data", "science", "101", "advanced", "naive"]
+
+
+def test_the_word_of_fewest_rows_drives_two_words(client, factories, monkeypatch):
+    """"data" is in every course and "rare" in two: "rare" drives, though shorter, and the
+    page is the same as when the rows are not counted far enough to tell them apart."""
+    school = factories.institution("school")
+    mentor = factories.user(roles={school: ["mentor"]})
+    ids = [_add(factories, school, mentor, f"course-{n}",
+                summary="database" + (" rarely" if n % 5 == 0 else "")) for n in range(10)]
+
+    def words() -> list[tuple[str, list[str] | None, int]]:
+        with factories.kalpla.db.session() as s:
+            flt = catalog.CatalogFilter(q="databa rare")
+            found = catalog._words(s, catalog._related(flt, s.get_bind().dialect.name))
+        return [(w.rel.value, w.terms, w.rows) for w in found]
+
+    assert words() == [("rare", ["rarely"], 2), ("databa", ["database"], 10)]
+    found = _follow(client, {"q": "databa rare", "limit": 1})[0]
+    assert sorted(found) == sorted(ids[::5])
+    monkeypatch.setattr(catalog, "ESTIMATED_ROWS", 1)  # both reach it: the longest drives
+    assert words() == [("databa", ["database"], 1), ("rare", ["rarely"], 1)]
+    assert _follow(client, {"q": "databa rare", "limit": 1})[0] == found
